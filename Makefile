@@ -1,0 +1,40 @@
+# Each target bootstraps .venv on first use: a fresh clone needs only Python 3.11+.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest docs docs-serve bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,otel,fastapi,litestar]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/seawall demo
+
+test: $(STAMP) lint typecheck pytest docs
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy --strict src/seawall
+
+pytest: $(STAMP)
+	$(PY) -m pytest -q
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .site
+
+docs-serve: $(STAMP)
+	$(VENV)/bin/mkdocs serve
+
+bench: $(STAMP)
+	$(PY) bench/primitives.py
+
+clean:
+	rm -rf $(VENV) .site .mypy_cache .ruff_cache

@@ -1,0 +1,91 @@
+"""seawall: keep an async service standing when the services it calls are slow or failing.
+
+Timeouts, retries only where safe, bulkheads, circuit breakers and fallbacks
+for anyio-based apps that call out over httpx; a guard for any other awaitable.
+"""
+
+import typing as _typing
+
+from ._breaker import Breaker, BreakerState, BreakerStatistics, Transition
+from ._bulkhead import BulkheadHandle, BulkheadStatistics
+from ._clock import Clock, MonotonicClock
+from ._config import (
+    Backoff,
+    Bulkhead,
+    CircuitBreaker,
+    Config,
+    DependencySpec,
+    Fallback,
+    Policy,
+    Pool,
+    RateLimit,
+    Retry,
+    RetryBudget,
+    Timeouts,
+    load_config,
+)
+from ._deadline import deadline, deadline_remaining
+from ._exceptions import (
+    BulkheadFullError,
+    CircuitOpenError,
+    ConfigError,
+    DeadlineExceededError,
+    OutcomeUnknownError,
+    RateLimitedError,
+    RejectedError,
+    SeawallError,
+)
+from ._guard import Guard, guard
+from ._registry import Registry
+from ._report import CallReport, Outcome, report_of
+
+__all__ = [
+    "Backoff",
+    "Breaker",
+    "BreakerState",
+    "BreakerStatistics",
+    "Bulkhead",
+    "BulkheadFullError",
+    "BulkheadHandle",
+    "BulkheadStatistics",
+    "CallReport",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "Clock",
+    "Config",
+    "ConfigError",
+    "DeadlineExceededError",
+    "DependencySpec",
+    "Fallback",
+    "Guard",
+    "MonotonicClock",
+    "Outcome",
+    "OutcomeUnknownError",
+    "Policy",
+    "Pool",
+    "RateLimit",
+    "RateLimitedError",
+    "Registry",
+    "RejectedError",
+    "Retry",
+    "RetryBudget",
+    "SeawallError",
+    "Timeouts",
+    "Transition",
+    "deadline",
+    "deadline_remaining",
+    "guard",
+    "load_config",
+    "report_of",
+]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("seawall")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            return "0+unknown"
+    raise AttributeError(f"module 'seawall' has no attribute {name!r}")

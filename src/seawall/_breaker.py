@@ -1,0 +1,448 @@
+"""The circuit breaker's state machine and its sliding window.
+
+Resilience4j's semantics: CLOSED while the failure and slow-call rates over a
+sliding window stay under their thresholds; OPEN (fail fast) for the open
+duration; then HALF_OPEN, where a fixed number of probes decide between CLOSED
+(with an empty window) and OPEN again. FORCED_OPEN and DISABLED are manual.
+
+Two properties our Python peers lack:
+
+* Cancellation is neutral. A cancelled call is recorded neither as a success
+  nor as a failure, and a cancelled half-open probe returns its permit.
+* Every permit carries the breaker's *generation*, bumped at each transition:
+  an outcome that arrives after the state changed under it is dropped instead
+  of polluting the new state's window (a slow call begun while CLOSED cannot
+  close or reopen a breaker that has since opened).
+
+The window is aggregated: a ring of outcome codes for a count window, a ring
+of per-interval buckets for a time window. Work per call is O(1) and memory is
+bounded by the window size, never a list of every call.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from ._clock import Clock
+from ._config import CircuitBreaker
+from ._exceptions import CircuitOpenError
+
+__all__ = ["Breaker", "BreakerState", "BreakerStatistics", "Transition"]
+
+_logger = structlog.get_logger("seawall")
+
+
+class BreakerState(str, enum.Enum):
+    """A circuit breaker's state; the values are the spelling used in snapshots."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"
+    DISABLED = "disabled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+CLOSED = BreakerState.CLOSED
+OPEN = BreakerState.OPEN
+HALF_OPEN = BreakerState.HALF_OPEN
+FORCED_OPEN = BreakerState.FORCED_OPEN
+DISABLED = BreakerState.DISABLED
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A change of a breaker's state, as handed to ``on_transition`` listeners."""
+
+    dependency: str
+    endpoint: str | None
+    from_state: BreakerState
+    to_state: BreakerState
+    #: Why: ``failure_rate``, ``slow_call_rate``, ``open_duration_elapsed``,
+    #: ``probes_passed``, ``probes_failed``, ``forced_open``, ``forced_closed``,
+    #: ``disabled`` or ``reset``.
+    reason: str
+    #: The clock's time of the change.
+    at: float
+    #: How long the breaker stays open, for a transition to OPEN.
+    open_for: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStatistics:
+    """A snapshot of a breaker's figures.
+
+    The rates cover the calls in the current window (the probes, while
+    HALF_OPEN) and are None until ``minimum_calls`` calls are in it.
+    """
+
+    state: BreakerState
+    failure_rate: float | None
+    slow_call_rate: float | None
+    calls: int
+    failures: int
+    slow_calls: int
+    retry_after: float | None
+    consecutive_openings: int
+    half_open_permits_in_use: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "state": self.state.value,
+            "failure_rate": self.failure_rate,
+            "slow_call_rate": self.slow_call_rate,
+            "calls": self.calls,
+            "failures": self.failures,
+            "slow_calls": self.slow_calls,
+            "retry_after": self.retry_after,
+            "consecutive_openings": self.consecutive_openings,
+        }
+
+
+# Outcome codes held in a count window's ring.
+_PRESENT = 1
+_FAILED = 2
+_SLOW = 4
+
+
+class _CountWindow:
+    """The last ``size`` calls, as a ring of outcome codes with running totals."""
+
+    __slots__ = ("_codes", "_next", "calls", "failures", "size", "slow")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._codes = bytearray(size)
+        self._next = 0
+        self.calls = self.failures = self.slow = 0
+
+    def add(self, failed: bool, slow: bool, now: float) -> None:
+        old = self._codes[self._next]
+        if old:
+            self.calls -= 1
+            self.failures -= (old & _FAILED) >> 1
+            self.slow -= (old & _SLOW) >> 2
+        self._codes[self._next] = _PRESENT | (_FAILED if failed else 0) | (_SLOW if slow else 0)
+        self._next = (self._next + 1) % self.size
+        self.calls += 1
+        self.failures += failed
+        self.slow += slow
+
+    def roll(self, now: float) -> None:
+        """Count windows do not age."""
+
+    def clear(self) -> None:
+        self._codes = bytearray(self.size)
+        self._next = 0
+        self.calls = self.failures = self.slow = 0
+
+
+class _TimeWindow:
+    """The calls of the last ``size`` seconds, in ``buckets`` equal intervals.
+
+    A call at time t falls in interval ``floor(t / width)``; the window holds
+    the newest ``buckets`` intervals, the current one included.
+    """
+
+    __slots__ = ("_buckets", "_calls", "_epoch", "_failures", "_slow", "_width", "calls", "failures", "slow")
+
+    def __init__(self, size: float, buckets: int = 20) -> None:
+        self._buckets = buckets
+        self._width = size / buckets
+        self._calls = [0] * buckets
+        self._failures = [0] * buckets
+        self._slow = [0] * buckets
+        self._epoch: int | None = None
+        self.calls = self.failures = self.slow = 0
+
+    def roll(self, now: float) -> None:
+        epoch = math.floor(now / self._width)
+        last = self._epoch
+        if last is None:
+            self._epoch = epoch
+            return
+        if epoch <= last:
+            return
+        n = self._buckets
+        for e in range(last + 1, last + 1 + min(epoch - last, n)):
+            i = e % n
+            self.calls -= self._calls[i]
+            self.failures -= self._failures[i]
+            self.slow -= self._slow[i]
+            self._calls[i] = self._failures[i] = self._slow[i] = 0
+        self._epoch = epoch
+
+    def add(self, failed: bool, slow: bool, now: float) -> None:
+        self.roll(now)
+        i = self._epoch % self._buckets  # type: ignore[operator]
+        self._calls[i] += 1
+        self._failures[i] += failed
+        self._slow[i] += slow
+        self.calls += 1
+        self.failures += failed
+        self.slow += slow
+
+    def clear(self) -> None:
+        n = self._buckets
+        self._calls = [0] * n
+        self._failures = [0] * n
+        self._slow = [0] * n
+        self.calls = self.failures = self.slow = 0
+
+
+class Breaker:
+    """The runtime circuit breaker of one dependency (or one endpoint of it).
+
+    Get one from ``registry.breaker(name)``, ``client.breaker`` or
+    ``guard(...).breaker``; it is built from a frozen
+    :class:`~seawall.CircuitBreaker` config and a clock. All of its methods are
+    synchronous and never wait.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_consecutive",
+        "_gen",
+        "_half_open_done",
+        "_half_open_failures",
+        "_half_open_issued",
+        "_half_open_slow",
+        "_listeners",
+        "_open_for",
+        "_opened_at",
+        "_slow_after",
+        "_state",
+        "_window",
+        "config",
+        "dependency",
+        "endpoint",
+    )
+
+    def __init__(
+        self,
+        config: CircuitBreaker,
+        *,
+        clock: Clock,
+        dependency: str,
+        endpoint: str | None = None,
+    ) -> None:
+        self.config = config
+        self.dependency = dependency
+        self.endpoint = endpoint
+        self._clock = clock
+        self._slow_after = config.slow_call_duration
+        self._window: _CountWindow | _TimeWindow = (
+            _CountWindow(int(config.window_size))  # type: ignore[arg-type]
+            if config.window == "count"
+            else _TimeWindow(float(config.window_size))  # type: ignore[arg-type]
+        )
+        self._state = CLOSED
+        self._gen = 0
+        self._opened_at = 0.0
+        self._open_for = 0.0
+        self._consecutive = 0
+        self._half_open_issued = 0
+        self._half_open_done = 0
+        self._half_open_failures = 0
+        self._half_open_slow = 0
+        self._listeners: list[Callable[[Transition], object]] = []
+
+    def __repr__(self) -> str:
+        where = f" endpoint={self.endpoint!r}" if self.endpoint else ""
+        return f"<Breaker {self.dependency!r}{where} {self.state.value}>"
+
+    # -- reading ---------------------------------------------------------------
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state (an OPEN breaker whose time is up reads HALF_OPEN)."""
+        if self._state is OPEN and self._clock.now() >= self._opened_at + self._open_for:
+            self._transition(HALF_OPEN, "open_duration_elapsed")
+        return self._state
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until an OPEN breaker lets probes through; None in other states."""
+        if self.state is OPEN:
+            return max(0.0, self._opened_at + self._open_for - self._clock.now())
+        return None
+
+    def statistics(self) -> BreakerStatistics:
+        """A frozen snapshot of the state and the window's figures."""
+        state = self.state
+        if state is HALF_OPEN:
+            calls, failures, slow = (
+                self._half_open_done,
+                self._half_open_failures,
+                self._half_open_slow,
+            )
+            enough = calls > 0
+        else:
+            self._window.roll(self._clock.now())
+            calls, failures, slow = self._window.calls, self._window.failures, self._window.slow
+            enough = calls >= self.config.minimum_calls
+        return BreakerStatistics(
+            state=state,
+            failure_rate=failures / calls if enough else None,
+            slow_call_rate=slow / calls if enough else None,
+            calls=calls,
+            failures=failures,
+            slow_calls=slow,
+            retry_after=self.retry_after,
+            consecutive_openings=self._consecutive,
+            half_open_permits_in_use=(
+                self._half_open_issued - self._half_open_done if state is HALF_OPEN else 0
+            ),
+        )
+
+    # -- manual control ----------------------------------------------------------
+
+    def force_open(self) -> None:
+        """Reject every call until ``force_closed()``, ``reset()`` or ``disable()``."""
+        self._transition(FORCED_OPEN, "forced_open")
+
+    def force_closed(self) -> None:
+        """Go to CLOSED with an empty window (the count of consecutive openings stays)."""
+        self._transition(CLOSED, "forced_closed")
+
+    def disable(self) -> None:
+        """Admit every call and record nothing, until ``force_closed()`` or ``reset()``."""
+        self._transition(DISABLED, "disabled")
+
+    def reset(self) -> None:
+        """Like ``force_closed()``, and forget the count of consecutive openings."""
+        self._consecutive = 0
+        self._transition(CLOSED, "reset")
+
+    def on_transition(self, callback: Callable[[Transition], object]) -> Callable[[], None]:
+        """Call *callback* with a :class:`Transition` at every change of state.
+
+        Returns a function that removes the callback. A callback that raises is
+        logged and otherwise ignored: listeners observe, they never steer.
+        """
+        self._listeners.append(callback)
+
+        def remove() -> None:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return remove
+
+    # -- the call protocol (used by the guard and the HTTP transport) --------------
+
+    def acquire(self) -> int:
+        """Admit a call or raise :class:`CircuitOpenError`; returns the call's permit."""
+        state = self._state
+        if state is CLOSED or state is DISABLED:
+            return self._gen
+        if state is OPEN:
+            if self._clock.now() < self._opened_at + self._open_for:
+                raise self._rejection()
+            self._transition(HALF_OPEN, "open_duration_elapsed")
+        elif state is FORCED_OPEN:
+            raise self._rejection()
+        # HALF_OPEN: only the permitted number of probes.
+        if self._half_open_issued >= self.config.half_open_calls:
+            raise self._rejection()
+        self._half_open_issued += 1
+        return self._gen
+
+    def would_admit(self) -> bool:
+        """Whether ``acquire()`` would admit a call now (takes no permit)."""
+        state = self.state
+        if state is CLOSED or state is DISABLED:
+            return True
+        if state is HALF_OPEN:
+            return self._half_open_issued < self.config.half_open_calls
+        return False
+
+    def record(self, permit: int, duration: float, failed: bool) -> None:
+        """Record the outcome of an admitted call."""
+        if permit != self._gen:
+            return  # admitted under an earlier state: its outcome is stale
+        slow = duration >= self._slow_after
+        state = self._state
+        if state is CLOSED:
+            window = self._window
+            window.add(failed, slow, self._clock.now())
+            calls = window.calls
+            if calls >= self.config.minimum_calls:
+                if window.failures / calls >= self.config.failure_rate_threshold:
+                    self._open("failure_rate")
+                elif window.slow / calls >= self.config.slow_call_rate_threshold:
+                    self._open("slow_call_rate")
+        elif state is HALF_OPEN:
+            self._half_open_done += 1
+            self._half_open_failures += failed
+            self._half_open_slow += slow
+            done = self._half_open_done
+            if done >= self.config.half_open_calls:
+                if self._half_open_failures / done >= self.config.failure_rate_threshold:
+                    self._open("probes_failed")
+                elif self._half_open_slow / done >= self.config.slow_call_rate_threshold:
+                    self._open("probes_failed")
+                else:
+                    self._consecutive = 0
+                    self._transition(CLOSED, "probes_passed")
+
+    def release(self, permit: int) -> None:
+        """Give back a permit whose call ended without an outcome (cancelled or ignored)."""
+        if permit == self._gen and self._state is HALF_OPEN:
+            self._half_open_issued -= 1
+
+    # -- internals -------------------------------------------------------------
+
+    def _rejection(self) -> CircuitOpenError:
+        retry_after = (
+            max(0.0, self._opened_at + self._open_for - self._clock.now())
+            if self._state is OPEN
+            else None
+        )
+        where = f" ({self.endpoint})" if self.endpoint else ""
+        return CircuitOpenError(
+            f"circuit breaker of {self.dependency!r}{where} is {self._state.value}",
+            dependency=self.dependency,
+            retry_after=retry_after,
+        )
+
+    def _open(self, reason: str) -> None:
+        self._consecutive += 1
+        cfg = self.config
+        open_for = cfg.open_duration * cfg.open_duration_multiplier ** (self._consecutive - 1)
+        if cfg.max_open_duration is not None:
+            open_for = min(open_for, cfg.max_open_duration)
+        self._open_for = open_for
+        self._opened_at = self._clock.now()
+        self._transition(OPEN, reason)
+
+    def _transition(self, to: BreakerState, reason: str) -> None:
+        from_state = self._state
+        self._state = to
+        self._gen += 1
+        self._half_open_issued = self._half_open_done = 0
+        self._half_open_failures = self._half_open_slow = 0
+        if to is CLOSED or to is DISABLED or to is FORCED_OPEN:
+            self._window.clear()
+        if not self._listeners:
+            return
+        event = Transition(
+            dependency=self.dependency,
+            endpoint=self.endpoint,
+            from_state=from_state,
+            to_state=to,
+            reason=reason,
+            at=self._clock.now(),
+            open_for=self._open_for if to is OPEN else None,
+        )
+        for listener in tuple(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                _logger.exception("seawall.breaker.listener_failed", dependency=self.dependency)

@@ -1,0 +1,94 @@
+"""The bulkhead: a cap on calls in flight to one dependency.
+
+Built on :class:`anyio.CapacityLimiter`, with a fresh borrower token per call
+so that one task may hold slots of several bulkheads, or nest calls, freely.
+``acquire_on_behalf_of_nowait`` is the fail-fast path (about a microsecond on
+a full limiter); the waiting path relies on anyio's own cancellation-safe
+acquire, bounded by ``max_wait``, so a cancelled waiter never leaks a slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+
+from ._config import Bulkhead
+from ._exceptions import BulkheadFullError
+
+__all__ = ["BulkheadHandle", "BulkheadStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class BulkheadStatistics:
+    """A snapshot of a bulkhead: slots in use, the limit, and tasks waiting."""
+
+    in_use: int
+    limit: int
+    waiting: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"in_use": self.in_use, "limit": self.limit, "waiting": self.waiting}
+
+
+class BulkheadHandle:
+    """The runtime bulkhead of one dependency.
+
+    Get one from ``registry.bulkhead(name)``, ``client.bulkhead`` or
+    ``guard(...).bulkhead``.
+    """
+
+    __slots__ = ("_limiter", "_max_wait", "config", "dependency")
+
+    def __init__(self, config: Bulkhead, *, dependency: str) -> None:
+        self.config = config
+        self.dependency = dependency
+        self._max_wait = config.max_wait
+        self._limiter = anyio.CapacityLimiter(config.max_concurrent)
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return f"<BulkheadHandle {self.dependency!r} {s.in_use}/{s.limit} waiting={s.waiting}>"
+
+    def statistics(self) -> BulkheadStatistics:
+        """A frozen snapshot: ``in_use``, ``limit``, ``waiting``."""
+        s = self._limiter.statistics()
+        return BulkheadStatistics(
+            in_use=s.borrowed_tokens, limit=int(s.total_tokens), waiting=s.tasks_waiting
+        )
+
+    def try_acquire(self) -> object | None:
+        """Take a slot without waiting; returns its token, or None when full."""
+        token = object()
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(token)
+        except anyio.WouldBlock:
+            return None
+        return token
+
+    async def acquire(self) -> object:
+        """Take a slot, waiting at most ``max_wait``; raise BulkheadFullError otherwise."""
+        token = object()
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(token)
+        except anyio.WouldBlock:
+            if self._max_wait <= 0:
+                raise self._rejection() from None
+        else:
+            return token
+        with anyio.move_on_after(self._max_wait):
+            # anyio's acquire removes a cancelled waiter from its queue and
+            # hands back a token granted just as the cancel landed.
+            await self._limiter.acquire_on_behalf_of(token)
+            return token
+        raise self._rejection()
+
+    def release(self, token: object) -> None:
+        self._limiter.release_on_behalf_of(token)
+
+    def _rejection(self) -> BulkheadFullError:
+        return BulkheadFullError(
+            f"bulkhead of {self.dependency!r} is full "
+            f"({self.config.max_concurrent} calls in flight)",
+            dependency=self.dependency,
+        )

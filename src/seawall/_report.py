@@ -1,0 +1,117 @@
+"""CallReport: what happened to one logical call.
+
+Every HTTP response that went through seawall carries one in
+``response.extensions["seawall"]``; every seawall error carries one in
+``.report``; :func:`report_of` finds it on either, and on foreign errors (httpx
+errors) raised out of a seawall call. Telemetry is built from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._exceptions import SeawallError
+
+__all__ = ["CallReport", "Outcome", "report_of"]
+
+
+class Outcome:
+    """The outcome codes of a call (plain strings, fit for metric labels)."""
+
+    SUCCESS = "success"
+    HTTP_ERROR = "http_error"
+    TIMEOUT = "timeout"
+    TRANSPORT_ERROR = "transport_error"
+    CONNECT_ERROR = "connect_error"
+    RETRY_EXHAUSTED = "retry_exhausted"
+    CIRCUIT_OPEN = "circuit_open"
+    BULKHEAD_FULL = "bulkhead_full"
+    RATE_LIMITED = "rate_limited"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    #: A generic (non-HTTP) guarded call raised an error that is none of the above.
+    ERROR = "error"
+    #: The caller cancelled the call.
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallReport:
+    """What happened to one logical call through seawall.
+
+    ``outcome`` is the result (see :class:`Outcome`); when a fallback answered,
+    ``outcome`` keeps the failure that triggered it and ``fallback`` says what
+    answered (``"cache"`` or ``"default"``). ``retries`` holds the reason for
+    each retry that ran; ``retry_stopped`` says why no further retry ran, when
+    one was wanted (``not_idempotent``, ``unreplayable_body``,
+    ``budget_exhausted``, ``deadline``, ``retry_after_too_long``).
+    """
+
+    dependency: str
+    outcome: str
+    attempts: int
+    retries: tuple[str, ...] = ()
+    elapsed: float = 0.0
+    endpoint: str | None = None
+    method: str | None = None
+    status_code: int | None = None
+    breaker_state_before: str | None = None
+    breaker_state: str | None = None
+    bulkhead_wait: float = 0.0
+    fallback: str | None = None
+    timeouts: Any = None
+    deadline_remaining: float | None = None
+    retry_stopped: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        timeouts = self.timeouts
+        return {
+            "dependency": self.dependency,
+            "endpoint": self.endpoint,
+            "method": self.method,
+            "outcome": self.outcome,
+            "status_code": self.status_code,
+            "attempts": self.attempts,
+            "retries": list(self.retries),
+            "retry_stopped": self.retry_stopped,
+            "breaker_state_before": self.breaker_state_before,
+            "breaker_state": self.breaker_state,
+            "bulkhead_wait": self.bulkhead_wait,
+            "fallback": self.fallback,
+            "elapsed": self.elapsed,
+            "deadline_remaining": self.deadline_remaining,
+            "timeouts": None
+            if timeouts is None
+            else {
+                k: getattr(timeouts, k)
+                for k in ("connect", "read", "write", "pool", "attempt", "total")
+            },
+        }
+
+
+# Foreign exceptions (httpx errors) cannot grow a ``report`` field of their own
+# type; the report rides on an attribute under this name.
+_ATTR = "_seawall_report"
+
+
+def attach(exc: BaseException, report: CallReport) -> None:
+    """Give *exc* its call's report: ``.report`` on ours, a private attribute on foreign ones."""
+    if isinstance(exc, SeawallError):
+        exc.report = report
+    else:
+        setattr(exc, _ATTR, report)
+
+
+def report_of(obj: object) -> CallReport | None:
+    """The :class:`CallReport` of a response, or of an error raised out of a seawall call."""
+    extensions = getattr(obj, "extensions", None)
+    if isinstance(extensions, dict):
+        report = extensions.get("seawall")
+        if isinstance(report, CallReport):
+            return report
+    report = getattr(obj, "report", None)
+    if isinstance(report, CallReport):
+        return report
+    report = getattr(obj, _ATTR, None)
+    return report if isinstance(report, CallReport) else None
