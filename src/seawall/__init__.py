@@ -8,6 +8,7 @@ import typing as _typing
 
 from ._breaker import Breaker, BreakerState, BreakerStatistics, Transition
 from ._bulkhead import BulkheadHandle, BulkheadStatistics
+from ._client import ResilientClient
 from ._clock import Clock, MonotonicClock
 from ._config import (
     Backoff,
@@ -38,6 +39,7 @@ from ._exceptions import (
 from ._guard import Guard, guard
 from ._registry import Registry
 from ._report import CallReport, Outcome, report_of
+from ._transport import ResilientTransport
 
 __all__ = [
     "Backoff",
@@ -67,6 +69,8 @@ __all__ = [
     "RateLimitedError",
     "Registry",
     "RejectedError",
+    "ResilientClient",
+    "ResilientTransport",
     "Retry",
     "RetryBudget",
     "SeawallError",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ._breaker import Breaker
 from ._bulkhead import BulkheadHandle
+from ._cache import ResponseCache
 from ._clock import Clock
 from ._config import ErrorMatcher, Policy
 from ._ratelimit import RateLimiter
@@ -35,7 +36,10 @@ class Runtime:
         "breaker",
         "budget",
         "bulkhead",
+        "cache",
         "clock",
+        "endpoint_breakers",
+        "endpoints",
         "ignore_on",
         "limiter",
         "name",
@@ -44,12 +48,25 @@ class Runtime:
         "retry_on",
     )
 
-    def __init__(self, name: str, policy: Policy, clock: Clock) -> None:
+    def __init__(
+        self, name: str, policy: Policy, clock: Clock, *, endpoints: Sequence[str] = ()
+    ) -> None:
         self.name = name
         self.policy = policy
         self.clock = clock
         cfg = policy.breaker
-        self.breaker = Breaker(cfg, clock=clock, dependency=name) if cfg else None
+        #: Redundant providers' base URLs; each has its own breaker, and then the
+        #: dependency has none of its own.
+        self.endpoints: tuple[str, ...] = tuple(endpoints)
+        self.endpoint_breakers: dict[str, Breaker] = {}
+        if cfg and self.endpoints:
+            for url in self.endpoints:
+                self.endpoint_breakers[url] = Breaker(
+                    cfg, clock=clock, dependency=name, endpoint=url
+                )
+        self.breaker = (
+            Breaker(cfg, clock=clock, dependency=name) if cfg and not self.endpoints else None
+        )
         self.record_on = matcher(cfg.record_on) if cfg else matcher(())
         self.ignore_on = matcher(cfg.ignore_on) if cfg else matcher(())
         self.bulkhead = (
@@ -65,6 +82,14 @@ class Runtime:
             BudgetTracker(retry.budget, clock=clock) if retry and retry.budget else None
         )
         self.retry_on = matcher(retry.retry_on) if retry else matcher(())
+        fallback = policy.fallback
+        self.cache = (
+            ResponseCache(
+                max_entries=fallback.max_entries, max_bytes=fallback.max_bytes, clock=clock
+            )
+            if fallback is not None and fallback.stale_if_error is not None
+            else None
+        )
 
     def snapshot(self) -> dict[str, object]:
         """Plain, JSON-ready figures (the Registry's snapshot entry, sans HTTP parts)."""
@@ -72,4 +97,8 @@ class Runtime:
             "breaker": self.breaker.statistics().as_dict() if self.breaker else None,
             "bulkhead": self.bulkhead.statistics().as_dict() if self.bulkhead else None,
             "rate_limit": self.limiter.statistics() if self.limiter else None,
+            "endpoints": [
+                {"url": url, "breaker": b.statistics().as_dict()}
+                for url, b in self.endpoint_breakers.items()
+            ],
         }

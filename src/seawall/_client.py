@@ -1,0 +1,204 @@
+"""ResilientClient: an httpx.AsyncClient whose every request goes through a policy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import httpx
+
+from ._breaker import Breaker
+from ._bulkhead import BulkheadHandle
+from ._clock import MONOTONIC, Clock
+from ._config import Policy
+from ._runtime import Runtime
+from ._transport import ResilientTransport
+
+__all__ = ["ResilientClient"]
+
+# Keywords that configure the connection layer: they go to the inner transport,
+# since httpx ignores them on a client given a transport of its own.
+_TRANSPORT_KWARGS = ("verify", "cert", "http1", "http2", "proxy", "trust_env")
+
+
+class ResilientClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` for one named dependency, protected by a policy.
+
+    The whole httpx API keeps working (``get``, ``post``, ``stream``, auth,
+    event hooks); every request goes through a :class:`ResilientTransport`.
+    httpx's connect/read/write/pool timeouts and pool limits come from the
+    policy. ``post``, ``put``, ``patch``, ``delete``, ``request`` and ``stream``
+    take ``idempotency_key=``, which sets the ``Idempotency-Key`` header and
+    makes the request safe to retry after it was sent.
+
+    ``endpoints`` (in place of ``base_url``) lists redundant providers; each
+    has its own breaker and retries fail over between them.
+
+    Environment proxies are applied to the inner transport, never mounted
+    beside it, so no request can bypass the policy.
+    """
+
+    def __init__(
+        self,
+        dependency: str,
+        *,
+        policy: Policy | None = None,
+        base_url: httpx.URL | str = "",
+        endpoints: Sequence[str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
+        runtime: Runtime | None = None,
+        **httpx_kwargs: Any,
+    ) -> None:
+        if endpoints is not None and base_url:
+            raise ValueError("ResilientClient: give base_url or endpoints, not both")
+        if endpoints is not None and (isinstance(endpoints, str) or not endpoints):
+            raise ValueError(
+                f"ResilientClient.endpoints: must be a non-empty list, got {endpoints!r}"
+            )
+        if runtime is None:
+            runtime = Runtime(
+                dependency, policy or Policy(), clock or MONOTONIC, endpoints=endpoints or ()
+            )
+        policy = runtime.policy
+        transport_kwargs = {k: httpx_kwargs.pop(k) for k in _TRANSPORT_KWARGS if k in httpx_kwargs}
+        if "limits" in httpx_kwargs:
+            raise ValueError(
+                "ResilientClient: set the pool size with Policy(pool=seawall.Pool(...))"
+            )
+        if "timeout" in httpx_kwargs:
+            raise ValueError(
+                "ResilientClient: set timeouts with Policy(timeouts=seawall.Timeouts(...))"
+            )
+        if transport is None:
+            pool = policy.pool
+            transport = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=pool.max_connections,
+                    max_keepalive_connections=pool.max_keepalive,
+                    keepalive_expiry=pool.keepalive_expiry,
+                ),
+                **transport_kwargs,
+            )
+        elif transport_kwargs:
+            names = ", ".join(sorted(transport_kwargs))
+            raise ValueError(f"ResilientClient: {names} cannot apply to a transport you passed in")
+        self._seawall = ResilientTransport(
+            dependency, transport=transport, runtime=runtime, endpoints=runtime.endpoints
+        )
+        t = policy.timeouts
+        super().__init__(
+            base_url=base_url or (runtime.endpoints[0] if runtime.endpoints else ""),
+            transport=self._seawall,
+            timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool),
+            trust_env=False,
+            **httpx_kwargs,
+        )
+
+    def __repr__(self) -> str:
+        return f"<ResilientClient {self.dependency!r} base_url={str(self.base_url)!r}>"
+
+    # -- handles -----------------------------------------------------------------
+
+    @property
+    def dependency(self) -> str:
+        return self._seawall.dependency
+
+    @property
+    def policy(self) -> Policy:
+        return self._seawall.policy
+
+    @property
+    def resilient_transport(self) -> ResilientTransport:
+        return self._seawall
+
+    @property
+    def breaker(self) -> Breaker:
+        """The dependency's breaker handle.
+
+        With ``endpoints`` each endpoint has its own: see :attr:`breakers`.
+        """
+        rt = self._seawall.runtime
+        if rt.breaker is None:
+            if rt.endpoint_breakers:
+                raise LookupError(
+                    f"{self.dependency!r} has one breaker per endpoint: use client.breakers"
+                )
+            raise LookupError(f"{self.dependency!r} has no circuit breaker in its policy")
+        return rt.breaker
+
+    @property
+    def breakers(self) -> dict[str, Breaker]:
+        """Every breaker of the dependency, by endpoint URL (one entry, ``""``, without endpoints)."""
+        rt = self._seawall.runtime
+        if rt.endpoint_breakers:
+            return dict(rt.endpoint_breakers)
+        return {"": rt.breaker} if rt.breaker is not None else {}
+
+    @property
+    def bulkhead(self) -> BulkheadHandle:
+        """The dependency's bulkhead handle."""
+        bulkhead = self._seawall.runtime.bulkhead
+        if bulkhead is None:
+            raise LookupError(f"{self.dependency!r} has no bulkhead in its policy")
+        return bulkhead
+
+    # -- idempotency keys and streaming ----------------------------------------------
+
+    @staticmethod
+    def _keyed(kwargs: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+        if idempotency_key is not None:
+            kwargs["extensions"] = {
+                **(kwargs.get("extensions") or {}),
+                "idempotency_key": idempotency_key,
+            }
+        return kwargs
+
+    async def send(
+        self, request: httpx.Request, *, stream: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        # The transport buffers bodies inside the attempt (so the attempt
+        # timeout covers them) except for streamed responses.
+        request.extensions["seawall.stream"] = stream
+        return await super().send(request, stream=stream, **kwargs)
+
+    async def request(
+        self,
+        method: str,
+        url: httpx.URL | str,
+        *,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        return await super().request(method, url, **self._keyed(kwargs, idempotency_key))
+
+    def stream(
+        self,
+        method: str,
+        url: httpx.URL | str,
+        *,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return super().stream(method, url, **self._keyed(kwargs, idempotency_key))
+
+    async def post(
+        self, url: httpx.URL | str, *, idempotency_key: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        return await super().post(url, **self._keyed(kwargs, idempotency_key))
+
+    async def put(
+        self, url: httpx.URL | str, *, idempotency_key: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        return await super().put(url, **self._keyed(kwargs, idempotency_key))
+
+    async def patch(
+        self, url: httpx.URL | str, *, idempotency_key: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        return await super().patch(url, **self._keyed(kwargs, idempotency_key))
+
+    async def delete(
+        self, url: httpx.URL | str, *, idempotency_key: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        return await super().delete(url, **self._keyed(kwargs, idempotency_key))

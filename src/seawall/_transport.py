@@ -1,0 +1,686 @@
+"""ResilientTransport: the HTTP pipeline as an httpx transport.
+
+One logical call runs these layers, outermost first::
+
+    rate limit          dependency-wide, one token per call
+    total deadline      Timeouts.total capped by the ambient deadline
+    retry               only where safe (see below), backoff or Retry-After, budget
+      per attempt:
+      endpoint choice   the next endpoint whose breaker admits the attempt
+      circuit breaker   the endpoint's (or the dependency's) breaker
+      bulkhead          dependency-wide; no slot is held between attempts
+      attempt timeout   Timeouts.attempt, body download included
+    fallback            stale cached response, or the default, when it all failed
+
+When is a retry safe? When the request never left (connect failure, connect or
+pool timeout), for any method; after it may have reached the server (read or
+write timeout, reset, retryable status), only for an idempotent method or a
+request carrying an Idempotency-Key; a 429 was refused unprocessed, so it is
+retried for any method. A request whose body cannot be replayed is never
+retried. A non-idempotent request that was sent and got no answer raises
+OutcomeUnknownError: the upstream may have acted on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+import httpx
+
+from ._breaker import Breaker
+from ._clock import MONOTONIC, Clock
+from ._config import Policy
+from ._deadline import _current as _ambient
+from ._exceptions import (
+    DeadlineExceededError,
+    OutcomeUnknownError,
+    RejectedError,
+    SeawallError,
+)
+from ._report import CallReport, Outcome, attach
+from ._retry import backoff_delay, backoff_sleep, parse_retry_after
+from ._runtime import Runtime
+
+__all__ = ["IDEMPOTENT_METHODS", "ResilientTransport"]
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+DEADLINE_HEADER = "Request-Timeout"
+
+# Errors raised before a byte of the request left: safe to retry for any method.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def origin_of(url: httpx.URL) -> str:
+    """``scheme://host:port`` of a URL, with the default port made explicit."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"{url.scheme}://{url.host}:{port}"
+
+
+class _Replay(httpx.AsyncByteStream):
+    """A response body buffered inside the attempt, handed to the client as raw bytes.
+
+    Not an ``httpx.ByteStream``: the client reads (and decodes) it as it reads
+    any network stream, so ``response.elapsed`` and decoding work as usual.
+    """
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._body:
+            yield self._body
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _Endpoint:
+    __slots__ = ("breaker", "origin", "prefix", "url")
+
+    def __init__(self, url: str, breaker: Breaker | None) -> None:
+        self.prefix = url.rstrip("/")
+        self.url = httpx.URL(self.prefix)
+        self.origin = origin_of(self.url)
+        self.breaker = breaker
+
+
+class _Failure(Exception):
+    """Internal: an attempt's failure, classified."""
+
+
+def _classify(exc: BaseException) -> tuple[str, str, bool]:
+    """(outcome, retry reason, sent) for an httpx error."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return Outcome.TIMEOUT, "connect_timeout", False
+    if isinstance(exc, httpx.PoolTimeout):
+        return Outcome.TIMEOUT, "pool_timeout", False
+    if isinstance(exc, httpx.ConnectError):
+        return Outcome.CONNECT_ERROR, "connect_error", False
+    if isinstance(exc, httpx.ReadTimeout):
+        return Outcome.TIMEOUT, "read_timeout", True
+    if isinstance(exc, httpx.WriteTimeout):
+        return Outcome.TIMEOUT, "write_timeout", True
+    if isinstance(exc, TimeoutError):  # our attempt timeout: counts as a read timeout
+        return Outcome.TIMEOUT, "attempt_timeout", True
+    if isinstance(exc, httpx.TransportError):
+        return Outcome.TRANSPORT_ERROR, "transport_error", True
+    return Outcome.ERROR, type(exc).__name__, True
+
+
+class ResilientTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that applies a seawall :class:`~seawall.Policy` to every request.
+
+    It wraps an inner transport (by default an ``httpx.AsyncHTTPTransport``
+    built from the policy's pool settings), so any httpx-based SDK that
+    accepts an ``httpx.AsyncClient`` gets seawall's protection::
+
+        transport = seawall.ResilientTransport("payments", policy)
+        sdk = PaymentsSDK(http_client=httpx.AsyncClient(transport=transport))
+
+    With ``endpoints`` (base URLs of redundant providers), a request whose URL
+    starts with one of them is sent to the first endpoint whose breaker admits
+    it, and each retry to the next one.
+    """
+
+    def __init__(
+        self,
+        dependency: str,
+        policy: Policy | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        endpoints: Sequence[str] | None = None,
+        clock: Clock | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
+        if runtime is None:
+            runtime = Runtime(
+                dependency, policy or Policy(), clock or MONOTONIC, endpoints=endpoints or ()
+            )
+        self._rt = rt = runtime
+        self._endpoints = [_Endpoint(url, rt.endpoint_breakers.get(url)) for url in rt.endpoints]
+        if transport is None:
+            pool = rt.policy.pool
+            transport = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=pool.max_connections,
+                    max_keepalive_connections=pool.max_keepalive,
+                    keepalive_expiry=pool.keepalive_expiry,
+                )
+            )
+        self._inner = transport
+        t = rt.policy.timeouts
+        self._policy_phases: dict[str, float | None] = {
+            "connect": t.connect,
+            "read": t.read,
+            "write": t.write,
+            "pool": t.pool,
+        }
+
+    # -- handles ---------------------------------------------------------------
+
+    @property
+    def dependency(self) -> str:
+        return self._rt.name
+
+    @property
+    def policy(self) -> Policy:
+        return self._rt.policy
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._rt
+
+    @property
+    def inner(self) -> httpx.AsyncBaseTransport:
+        return self._inner
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    # -- the pipeline ------------------------------------------------------------
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        rt = self._rt
+        clock = rt.clock
+        start = clock.now()
+        method = request.method
+        extensions = request.extensions
+        key = extensions.get("idempotency_key")
+        if key is not None and IDEMPOTENCY_HEADER not in request.headers:
+            request.headers[IDEMPOTENCY_HEADER] = str(key)
+        safe_after_send = method in IDEMPOTENT_METHODS or IDEMPOTENCY_HEADER in request.headers
+        replayable = hasattr(request, "_content")
+        streaming = bool(extensions.get("seawall.stream"))
+        state = _CallState(self, request, start)
+
+        if rt.limiter is not None:
+            try:
+                await rt.limiter.acquire()
+            except RejectedError as exc:
+                return await self._fail(state, exc, exc.reason)
+
+        # The total deadline, on the runtime's clock.
+        policy = rt.policy
+        timeouts = policy.timeouts
+        total = timeouts.total
+        ambient = _ambient.get()
+        if ambient is not None:
+            left = ambient[1] - ambient[0].now()
+            total = left if total is None or left < total else total
+        deadline_at = None if total is None else start + total
+        state.deadline_remaining = total
+
+        retry = policy.retry
+        max_attempts = retry.attempts if retry is not None and replayable else 1
+        if retry is not None and not replayable:
+            state.retry_stopped_hint = "unreplayable_body"
+        budget = rt.budget
+        if budget is not None:
+            budget.record_call()
+        attempt_limit = timeouts.attempt
+        base_timeouts = self._phase_timeouts(extensions.get("timeout"))
+        endpoints = self._endpoints
+        next_endpoint = 0
+        last_exc: BaseException | None = None
+        last_response: httpx.Response | None = None
+
+        while True:
+            state.attempts += 1
+            # -- time left for this attempt
+            limit = attempt_limit
+            by_deadline = False
+            left = math.inf
+            if deadline_at is not None:
+                left = deadline_at - clock.now()
+                if left <= 0:
+                    if last_response is not None:
+                        state.attempts -= 1
+                        return await self._finish_response(state, last_response, True, "deadline")
+                    error = DeadlineExceededError(
+                        f"deadline of {rt.name!r} ran out", dependency=rt.name
+                    )
+                    error.__cause__ = last_exc
+                    state.attempts -= 1
+                    return await self._fail(state, error, error.reason)
+                if limit is None or left < limit:
+                    limit, by_deadline = left, True
+
+            # -- endpoint and breaker: skipping an open endpoint costs no attempt
+            permit = -1
+            breaker: Breaker | None
+            target = request
+            if endpoints:
+                chosen = None
+                last_rejection: RejectedError | None = None
+                n = len(endpoints)
+                for i in range(n):
+                    ep = endpoints[(next_endpoint + i) % n]
+                    if ep.breaker is None:
+                        chosen = ep
+                        break
+                    try:
+                        permit = ep.breaker.acquire()
+                    except RejectedError as exc:
+                        last_rejection = exc
+                        continue
+                    chosen = ep
+                    next_endpoint = (next_endpoint + i + 1) % n
+                    break
+                if chosen is None:
+                    assert last_rejection is not None
+                    state.attempts -= 1
+                    return await self._fail(
+                        state,
+                        last_rejection,
+                        Outcome.CIRCUIT_OPEN,
+                        cause=last_exc,
+                        last_response=last_response,
+                    )
+                breaker = chosen.breaker
+                state.endpoint = chosen.origin
+                target = self._retarget(request, chosen)
+            else:
+                breaker = rt.breaker
+                if state.endpoint is None:
+                    state.endpoint = origin_of(request.url)
+                if breaker is not None:
+                    try:
+                        permit = breaker.acquire()
+                    except RejectedError as exc:
+                        state.attempts -= 1
+                        return await self._fail(
+                            state, exc, exc.reason, cause=last_exc, last_response=last_response
+                        )
+            if state.breaker_before is None and breaker is not None:
+                state.breaker_before = breaker._state.value
+
+            # -- bulkhead
+            token = None
+            bulkhead = rt.bulkhead
+            if bulkhead is not None:
+                token = bulkhead.try_acquire()
+                if token is None:
+                    waited = clock.now()
+                    try:
+                        token = await bulkhead.acquire()
+                    except BaseException as exc:
+                        if permit >= 0:
+                            breaker.release(permit)  # type: ignore[union-attr]
+                        if isinstance(exc, RejectedError):
+                            state.attempts -= 1
+                            return await self._fail(
+                                state, exc, exc.reason, cause=last_exc, last_response=last_response
+                            )
+                        raise
+                    state.bulkhead_wait += clock.now() - waited
+
+            # -- the attempt
+            t0 = clock.now()
+            self._apply_timeouts(target, base_timeouts, left)
+            if policy.forward_deadline and deadline_at is not None:
+                target.headers[DEADLINE_HEADER] = f"{max(0.0, left):.3f}"
+            if state.attempts > 1:
+                target.extensions["seawall.resend_count"] = state.attempts - 1
+            response: httpx.Response | None = None
+            failure: BaseException | None = None
+            try:
+                if limit is None:
+                    response = await self._send(target, streaming)
+                else:
+                    with anyio.CancelScope(deadline=anyio.current_time() + limit) as scope:
+                        response = await self._send(target, streaming)
+                    if scope.cancelled_caught:
+                        response = None
+                        if by_deadline:
+                            failure = DeadlineExceededError(
+                                f"deadline of {rt.name!r} ran out during attempt {state.attempts}",
+                                dependency=rt.name,
+                            )
+                        else:
+                            failure = TimeoutError(
+                                f"attempt {state.attempts} to {rt.name!r} took longer "
+                                f"than {attempt_limit} s"
+                            )
+            except Exception as exc:
+                failure = exc
+            except BaseException:
+                # Cancelled by the caller: neutral for the breaker; the slot goes back.
+                if token is not None:
+                    bulkhead.release(token)  # type: ignore[union-attr]
+                if permit >= 0:
+                    breaker.release(permit)  # type: ignore[union-attr]
+                raise
+            if token is not None:
+                bulkhead.release(token)  # type: ignore[union-attr]
+            duration = clock.now() - t0
+
+            # -- a response
+            if response is not None:
+                status = response.status_code
+                if permit >= 0:
+                    breaker.record(  # type: ignore[union-attr]
+                        permit,
+                        duration,
+                        status in breaker.config.failure_statuses,  # type: ignore[union-attr]
+                    )
+                if retry is None or status not in retry.retry_statuses:
+                    return await self._finish_response(state, response, False, None)
+                # A retryable status.
+                if status != 429 and not safe_after_send:
+                    return await self._finish_response(state, response, False, "not_idempotent")
+                if state.attempts >= max_attempts:
+                    return await self._finish_response(
+                        state, response, True, state.retry_stopped_hint
+                    )
+                delay: float | None = None
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                if retry_after is not None:
+                    if retry_after > retry.max_retry_after or (
+                        deadline_at is not None and clock.now() + retry_after >= deadline_at
+                    ):
+                        return await self._finish_response(
+                            state, response, True, "retry_after_too_long"
+                        )
+                    delay = retry_after
+                stop = self._retry_stop(state, deadline_at, delay)
+                if isinstance(stop, str):
+                    return await self._finish_response(state, response, True, stop)
+                state.retries.append(f"status_{status}")
+                last_exc = None
+                if streaming:
+                    # Its connection must go back now; a streamed body cannot be kept.
+                    await response.aclose()
+                    last_response = None
+                else:
+                    last_response = response  # buffered: the answer if nothing better comes
+                await backoff_sleep(clock, stop)
+                continue
+
+            # -- a failure
+            assert failure is not None
+            if permit >= 0:
+                if rt.ignore_on(failure) or not rt.record_on(failure):  # type: ignore[arg-type]
+                    breaker.release(permit)  # type: ignore[union-attr]
+                else:
+                    breaker.record(permit, duration, True)  # type: ignore[union-attr]
+            if isinstance(failure, DeadlineExceededError):
+                outcome, reason, sent = Outcome.DEADLINE_EXCEEDED, "deadline", True
+            else:
+                outcome, reason, sent = _classify(failure)
+            if outcome == Outcome.ERROR:
+                # Not an HTTP failure (a bug, an invalid URL): no retry, no fallback.
+                state.outcome = outcome
+                attach(failure, state.report())
+                raise failure
+            if sent and not safe_after_send:
+                unknown = OutcomeUnknownError(
+                    f"{method} to {rt.name!r} was sent but no answer came back "
+                    f"({reason}); it may or may not have taken effect upstream",
+                    dependency=rt.name,
+                    request=request,
+                )
+                unknown.__cause__ = failure
+                state.outcome = Outcome.OUTCOME_UNKNOWN
+                unknown.report = state.report()
+                raise unknown
+            last_exc = failure
+            if isinstance(failure, DeadlineExceededError):
+                failure.__cause__ = None
+                return await self._fail(state, failure, outcome)
+            if state.attempts >= max_attempts:
+                return await self._fail(
+                    state,
+                    failure,
+                    Outcome.RETRY_EXHAUSTED if state.retries else outcome,
+                    stopped=state.retry_stopped_hint,
+                )
+            stop = self._retry_stop(state, deadline_at, None)
+            if isinstance(stop, str):
+                return await self._fail(state, failure, outcome, stopped=stop)
+            state.retries.append(reason)
+            await backoff_sleep(clock, stop)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _retry_stop(
+        self, state: _CallState, deadline_at: float | None, delay: float | None
+    ) -> float | str:
+        """The wait before the next attempt, or why there is none."""
+        rt = self._rt
+        if delay is None:
+            delay = backoff_delay(rt.policy.retry.backoff, state.attempts)  # type: ignore[union-attr]
+        if deadline_at is not None and rt.clock.now() + delay >= deadline_at:
+            return "deadline"
+        budget = rt.budget
+        if budget is not None and not budget.try_spend():
+            return "budget_exhausted"
+        return delay
+
+    def _phase_timeouts(self, requested: dict[str, Any] | None) -> dict[str, float | None]:
+        """httpx's per-phase timeouts: the policy's, or the request's where it is shorter."""
+        policy = self._policy_phases
+        if not requested:
+            return policy
+        merged: dict[str, float | None] = {}
+        for phase, ours in policy.items():
+            theirs = requested.get(phase)
+            merged[phase] = (
+                theirs if ours is None or (theirs is not None and theirs < ours) else ours
+            )
+        return merged
+
+    @staticmethod
+    def _apply_timeouts(request: httpx.Request, base: dict[str, Any], left: float) -> None:
+        """Cap httpx's per-phase timeouts by the policy and by the time left."""
+        timeouts = {}
+        for phase in ("connect", "read", "write", "pool"):
+            value = base.get(phase)
+            if left != math.inf and (value is None or value > left):
+                value = max(left, 0.001)
+            timeouts[phase] = value
+        request.extensions["timeout"] = timeouts
+
+    def _retarget(self, request: httpx.Request, endpoint: _Endpoint) -> httpx.Request:
+        url = str(request.url)
+        for ep in self._endpoints:
+            if url.startswith(ep.prefix):
+                if ep is endpoint:
+                    return request
+                new_url = endpoint.prefix + url[len(ep.prefix) :]
+                headers = request.headers.copy()
+                headers["Host"] = endpoint.url.netloc.decode("ascii")
+                return httpx.Request(
+                    request.method,
+                    new_url,
+                    headers=headers,
+                    content=request.content if hasattr(request, "_content") else None,
+                    stream=None if hasattr(request, "_content") else request.stream,
+                    extensions=dict(request.extensions),
+                )
+        return request
+
+    async def _send(self, request: httpx.Request, streaming: bool) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if streaming:
+            return response
+        # Buffer the body inside the attempt, so the attempt timeout covers it
+        # and a retry can follow a body that broke off.
+        try:
+            body = b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
+        finally:
+            await response.aclose()
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_Replay(body),
+            extensions={**response.extensions, "seawall.body": body},
+        )
+
+    async def _finish_response(
+        self,
+        state: _CallState,
+        response: httpx.Response,
+        retryable: bool,
+        stopped: str | None,
+    ) -> httpx.Response:
+        rt = self._rt
+        status = response.status_code
+        state.status_code = status
+        if status < 400:
+            state.outcome = Outcome.SUCCESS
+        elif retryable and state.retries:
+            state.outcome = Outcome.RETRY_EXHAUSTED
+        else:
+            state.outcome = Outcome.HTTP_ERROR
+        state.retry_stopped = stopped
+        cache = rt.cache
+        request = state.request
+        body = response.extensions.pop("seawall.body", None)
+        if cache is not None and request.method == "GET":
+            if 200 <= status < 300 and body is not None:
+                cache.store(request, status, response.headers, body)
+            elif status >= 500 or (retryable and status >= 400):
+                fallback = self._fallback_response(state, None, response)
+                if fallback is not None:
+                    await response.aclose()
+                    return fallback
+        elif status >= 500 and rt.policy.fallback is not None:
+            fallback = self._fallback_response(state, None, response)
+            if fallback is not None:
+                await response.aclose()
+                return fallback
+        response.extensions["seawall"] = state.report()
+        return response
+
+    def _fallback_response(
+        self, state: _CallState, error: BaseException | None, response: httpx.Response | None
+    ) -> httpx.Response | None:
+        rt = self._rt
+        fallback = rt.policy.fallback
+        if fallback is None:
+            return None
+        request = state.request
+        answer: httpx.Response | None = None
+        if rt.cache is not None and request.method == "GET":
+            answer = rt.cache.lookup(request, fallback.stale_if_error)  # type: ignore[arg-type]
+            if answer is not None:
+                state.fallback = "cache"
+        if answer is None and fallback.default is not None:
+            default = fallback.default
+            if isinstance(default, httpx.Response):
+                answer = httpx.Response(
+                    default.status_code,
+                    headers=default.headers,
+                    content=default.content,
+                    request=request,
+                )
+            else:
+                if error is None:
+                    assert response is not None
+                    error = httpx.HTTPStatusError(
+                        f"{response.status_code} from {rt.name!r}",
+                        request=request,
+                        response=response,
+                    )
+                answer = default(request, error)
+            state.fallback = "default"
+        if answer is not None:
+            answer.extensions["seawall"] = state.report()
+        return answer
+
+    async def _fail(
+        self,
+        state: _CallState,
+        error: BaseException,
+        outcome: str,
+        *,
+        cause: BaseException | None = None,
+        stopped: str | None = None,
+        last_response: httpx.Response | None = None,
+    ) -> httpx.Response:
+        """End the call on *error*: answer with a fallback, or raise it with its report."""
+        if last_response is not None:
+            # A retryable status, then a rejection before the next attempt:
+            # the last answer is the call's result.
+            return await self._finish_response(state, last_response, True, outcome)
+        state.outcome = outcome
+        state.retry_stopped = stopped
+        fallback = self._fallback_response(state, error, None)
+        if fallback is not None:
+            return fallback
+        attach(error, state.report())
+        if cause is not None and error.__cause__ is None:
+            raise error from cause
+        raise error
+
+
+class _CallState:
+    """The mutable record of one logical call, frozen into a CallReport at the end."""
+
+    __slots__ = (
+        "attempts",
+        "breaker_before",
+        "bulkhead_wait",
+        "deadline_remaining",
+        "endpoint",
+        "fallback",
+        "outcome",
+        "request",
+        "retries",
+        "retry_stopped",
+        "retry_stopped_hint",
+        "start",
+        "status_code",
+        "transport",
+    )
+
+    def __init__(self, transport: ResilientTransport, request: httpx.Request, start: float) -> None:
+        self.transport = transport
+        self.request = request
+        self.start = start
+        self.attempts = 0
+        self.retries: list[str] = []
+        self.endpoint: str | None = None
+        self.breaker_before: str | None = None
+        self.bulkhead_wait = 0.0
+        self.fallback: str | None = None
+        self.outcome = Outcome.SUCCESS
+        self.status_code: int | None = None
+        self.retry_stopped: str | None = None
+        self.retry_stopped_hint: str | None = None
+        self.deadline_remaining: float | None = None
+
+    def report(self) -> CallReport:
+        t = self.transport
+        rt = t._rt
+        breaker = rt.breaker
+        if breaker is None and t._endpoints:
+            for ep in t._endpoints:
+                if ep.origin == self.endpoint:
+                    breaker = ep.breaker
+        return CallReport(
+            dependency=rt.name,
+            outcome=self.outcome,
+            attempts=self.attempts,
+            retries=tuple(self.retries),
+            elapsed=rt.clock.now() - self.start,
+            endpoint=self.endpoint,
+            method=self.request.method,
+            status_code=self.status_code,
+            breaker_state_before=self.breaker_before,
+            breaker_state=breaker._state.value if breaker is not None else None,
+            bulkhead_wait=self.bulkhead_wait,
+            fallback=self.fallback,
+            timeouts=rt.policy.timeouts,
+            deadline_remaining=self.deadline_remaining,
+            retry_stopped=self.retry_stopped,
+        )
+
+
+del _Failure, SeawallError
