@@ -37,7 +37,7 @@ __all__ = ["Breaker", "BreakerState", "BreakerStatistics", "Transition"]
 _logger = structlog.get_logger("seawall")
 
 
-class BreakerState(str, enum.Enum):
+class BreakerState(enum.StrEnum):
     """A circuit breaker's state; the values are the spelling used in snapshots."""
 
     CLOSED = "closed"
@@ -151,7 +151,17 @@ class _TimeWindow:
     the newest ``buckets`` intervals, the current one included.
     """
 
-    __slots__ = ("_buckets", "_calls", "_epoch", "_failures", "_slow", "_width", "calls", "failures", "slow")
+    __slots__ = (
+        "_buckets",
+        "_calls",
+        "_epoch",
+        "_failures",
+        "_slow",
+        "_width",
+        "calls",
+        "failures",
+        "slow",
+    )
 
     def __init__(self, size: float, buckets: int = 20) -> None:
         self._buckets = buckets
@@ -384,9 +394,7 @@ class Breaker:
             self._half_open_slow += slow
             done = self._half_open_done
             if done >= self.config.half_open_calls:
-                if self._half_open_failures / done >= self.config.failure_rate_threshold:
-                    self._open("probes_failed")
-                elif self._half_open_slow / done >= self.config.slow_call_rate_threshold:
+                if self._half_open_failures / done >= self.config.failure_rate_threshold or self._half_open_slow / done >= self.config.slow_call_rate_threshold:
                     self._open("probes_failed")
                 else:
                     self._consecutive = 0
@@ -415,7 +423,12 @@ class Breaker:
     def _open(self, reason: str) -> None:
         self._consecutive += 1
         cfg = self.config
-        open_for = cfg.open_duration * cfg.open_duration_multiplier ** (self._consecutive - 1)
+        try:
+            open_for = cfg.open_duration * float(cfg.open_duration_multiplier) ** (
+                self._consecutive - 1
+            )
+        except OverflowError:  # a float power past ~1e308, after ~1000 openings in a row
+            open_for = math.inf
         if cfg.max_open_duration is not None:
             open_for = min(open_for, cfg.max_open_duration)
         self._open_for = open_for

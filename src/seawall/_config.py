@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from os import PathLike
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -73,15 +73,24 @@ def _is_number(value: object) -> bool:
 
 
 def _seconds(
-    out: list[_Problem], key: str, value: object, *, optional: bool = True, zero_ok: bool = False
+    out: list[_Problem],
+    key: str,
+    value: object,
+    *,
+    optional: bool = True,
+    zero_ok: bool = False,
+    unit: str = " of seconds",
 ) -> None:
-    """A duration: a finite number of seconds, positive (or >= 0 with zero_ok), or None."""
-    if value is None:
-        if not optional:
-            out.append((key, "must be a number of seconds", value))
+    """A duration: a finite number of seconds, positive (or >= 0 with zero_ok), or None.
+
+    ``unit=""`` checks a plain positive number the same way (a rate, a count of calls).
+    """
+    if value is None and optional:
         return
     if not _is_number(value) or not math.isfinite(value):  # type: ignore[arg-type]
-        out.append((key, "must be a finite number of seconds" + (" or None" if optional else ""), value))
+        out.append(
+            (key, f"must be a finite number{unit}" + (" or None" if optional else ""), value)
+        )
     elif zero_ok and value < 0:  # type: ignore[operator]
         out.append((key, "must be >= 0", value))
     elif not zero_ok and value <= 0:  # type: ignore[operator]
@@ -97,8 +106,8 @@ def _integer(out: list[_Problem], key: str, value: object, *, minimum: int) -> N
 
 def _fraction(out: list[_Problem], key: str, value: object, *, zero_ok: bool = False) -> None:
     if not _is_number(value) or not math.isfinite(value):  # type: ignore[arg-type]
-        out.append((key, "must be a number", value))
-    elif not ((0 <= value if zero_ok else 0 < value) and value <= 1):  # type: ignore[operator]
+        out.append((key, "must be a finite number", value))
+    elif not ((value >= 0 if zero_ok else value > 0) and value <= 1):  # type: ignore[operator]
         out.append((key, "must be in [0, 1]" if zero_ok else "must be in (0, 1]", value))
 
 
@@ -114,11 +123,14 @@ def _matcher(out: list[_Problem], key: str, value: object) -> None:
     out.append((key, "must be a tuple of Exception subclasses or a predicate", value))
 
 
-def _statuses(out: list[_Problem], key: str, value: object, *, lo: int, hi: int) -> None:
+def _statuses(
+    out: list[_Problem], key: str, value: object, given: object, *, lo: int, hi: int
+) -> None:
+    """Check the normalised set *value*; report the value as *given* (a list from a file)."""
     if not isinstance(value, frozenset) or not all(
         isinstance(s, int) and not isinstance(s, bool) and lo <= s <= hi for s in value
     ):
-        out.append((key, f"must be a set of status codes in {lo}..{hi}", value))
+        out.append((key, f"must be a set of status codes in {lo}..{hi}", given))
 
 
 def _status_set(value: object) -> object:
@@ -177,7 +189,7 @@ class Backoff:
         if not problems and self.maximum < self.initial:
             problems.append(("maximum", f"must be >= initial ({self.initial})", self.maximum))
         if not _is_number(self.multiplier) or not math.isfinite(self.multiplier):
-            problems.append(("multiplier", "must be a number", self.multiplier))
+            problems.append(("multiplier", "must be a finite number", self.multiplier))
         elif self.multiplier < 1:
             problems.append(("multiplier", "must be >= 1", self.multiplier))
         if not isinstance(self.jitter, bool):
@@ -208,10 +220,12 @@ class RetryBudget:
     def __post_init__(self) -> None:
         problems: list[_Problem] = []
         if not _is_number(self.ratio) or not math.isfinite(self.ratio):
-            problems.append(("ratio", "must be a number", self.ratio))
+            problems.append(("ratio", "must be a finite number", self.ratio))
         elif not 0 <= self.ratio <= 10:
             problems.append(("ratio", "must be in [0, 10]", self.ratio))
-        _seconds(problems, "min_per_second", self.min_per_second, optional=False, zero_ok=True)
+        _seconds(
+            problems, "min_per_second", self.min_per_second, optional=False, zero_ok=True, unit=""
+        )
         _seconds(problems, "window", self.window, optional=False)
         _raise_if("RetryBudget", problems)
 
@@ -236,7 +250,8 @@ class Retry:
     max_retry_after: float = 60.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "retry_statuses", _status_set(self.retry_statuses))
+        given = self.retry_statuses
+        object.__setattr__(self, "retry_statuses", _status_set(given))
         problems: list[_Problem] = []
         _integer(problems, "attempts", self.attempts, minimum=1)
         if not isinstance(self.backoff, Backoff):
@@ -244,7 +259,7 @@ class Retry:
         if self.budget is not None and not isinstance(self.budget, RetryBudget):
             problems.append(("budget", "must be a RetryBudget or None", self.budget))
         _matcher(problems, "retry_on", self.retry_on)
-        _statuses(problems, "retry_statuses", self.retry_statuses, lo=400, hi=599)
+        _statuses(problems, "retry_statuses", self.retry_statuses, given, lo=400, hi=599)
         _seconds(problems, "max_retry_after", self.max_retry_after, optional=False, zero_ok=True)
         _raise_if("Retry", problems)
 
@@ -301,11 +316,15 @@ class CircuitBreaker:
     ignore_on: ErrorMatcher = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "failure_statuses", _status_set(self.failure_statuses))
+        given_statuses = self.failure_statuses
+        object.__setattr__(self, "failure_statuses", _status_set(given_statuses))
         problems: list[_Problem] = []
         _fraction(problems, "failure_rate_threshold", self.failure_rate_threshold)
         _fraction(problems, "slow_call_rate_threshold", self.slow_call_rate_threshold)
         _seconds(problems, "slow_call_duration", self.slow_call_duration, optional=False)
+        # Cross-field checks only compare values that are valid themselves, and
+        # never hide (or are hidden by) a problem elsewhere.
+        before = len(problems)
         if self.window not in ("count", "time"):
             problems.append(("window", "must be 'count' or 'time'", self.window))
         elif self.window_size is None:
@@ -314,9 +333,12 @@ class CircuitBreaker:
             _integer(problems, "window_size", self.window_size, minimum=1)
         else:
             _seconds(problems, "window_size", self.window_size, optional=False)
+        window_ok = len(problems) == before
+        before = len(problems)
         _integer(problems, "minimum_calls", self.minimum_calls, minimum=1)
         if (
-            not problems
+            window_ok
+            and len(problems) == before
             and self.window == "count"
             and self.minimum_calls > self.window_size  # type: ignore[operator]
         ):
@@ -327,20 +349,30 @@ class CircuitBreaker:
                     self.minimum_calls,
                 )
             )
+        before = len(problems)
         _seconds(problems, "open_duration", self.open_duration, optional=False)
+        open_ok = len(problems) == before
         if not _is_number(self.open_duration_multiplier) or not math.isfinite(
             self.open_duration_multiplier
         ):
             problems.append(
-                ("open_duration_multiplier", "must be a number", self.open_duration_multiplier)
+                (
+                    "open_duration_multiplier",
+                    "must be a finite number",
+                    self.open_duration_multiplier,
+                )
             )
         elif self.open_duration_multiplier < 1:
-            problems.append(("open_duration_multiplier", "must be >= 1", self.open_duration_multiplier))
+            problems.append(
+                ("open_duration_multiplier", "must be >= 1", self.open_duration_multiplier)
+            )
+        before = len(problems)
         _seconds(problems, "max_open_duration", self.max_open_duration)
         if (
-            _is_number(self.max_open_duration)
-            and _is_number(self.open_duration)
-            and self.max_open_duration < self.open_duration  # type: ignore[operator]
+            open_ok
+            and len(problems) == before
+            and self.max_open_duration is not None
+            and self.max_open_duration < self.open_duration
         ):
             problems.append(
                 (
@@ -350,7 +382,9 @@ class CircuitBreaker:
                 )
             )
         _integer(problems, "half_open_calls", self.half_open_calls, minimum=1)
-        _statuses(problems, "failure_statuses", self.failure_statuses, lo=100, hi=599)
+        _statuses(
+            problems, "failure_statuses", self.failure_statuses, given_statuses, lo=100, hi=599
+        )
         _matcher(problems, "record_on", self.record_on)
         _matcher(problems, "ignore_on", self.ignore_on)
         _raise_if("CircuitBreaker", problems)
@@ -372,13 +406,13 @@ class RateLimit:
 
     def __post_init__(self) -> None:
         problems: list[_Problem] = []
-        _seconds(problems, "rate", self.rate, optional=False)
+        _seconds(problems, "rate", self.rate, optional=False, unit="")
         _seconds(problems, "per", self.per, optional=False)
         if self.burst is None:
             if not problems:
                 object.__setattr__(self, "burst", max(1.0, float(self.rate)))
         elif not _is_number(self.burst) or not math.isfinite(self.burst):
-            problems.append(("burst", "must be a number or None", self.burst))
+            problems.append(("burst", "must be a finite number or None", self.burst))
         elif self.burst < 1:
             problems.append(("burst", "must be >= 1", self.burst))
         _seconds(problems, "max_wait", self.max_wait, optional=False, zero_ok=True)
@@ -516,10 +550,17 @@ _MAPPING_KEYS: dict[type, frozenset[str]] = {
 }
 
 
-def _build(
-    cls: type, data: object, path: str, problems: list[str], *, optional: bool
-) -> Any:
-    """Build one config object from a table, appending problems with full key paths."""
+# Stand-ins for required keys that are missing from a table: they let the other
+# keys of that table be checked too (the object built is thrown away).
+_PLACEHOLDERS: dict[tuple[type, str], object] = {(RateLimit, "rate"): 1.0}
+
+
+def _build(cls: type, data: object, path: str, problems: list[str], *, optional: bool) -> Any:
+    """Build one config object from a table, appending problems with full key paths.
+
+    Every key of the table is checked, even after a problem was found, so that
+    all problems are reported at once; None is returned if there was any.
+    """
     if data is False and optional:
         return None
     if not isinstance(data, Mapping):
@@ -527,59 +568,71 @@ def _build(
             f"{path}: must be a table" + (" or false" if optional else "") + f", got {data!r}"
         )
         return None
+    before = len(problems)
     allowed = _MAPPING_KEYS[cls]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in allowed:
             problems.append(f"{path}.{key}: unknown key, got {value!r}")
             continue
+        n = len(problems)
         if cls is Retry and key == "backoff":
             value = _build(Backoff, value, f"{path}.backoff", problems, optional=False)
-            if value is None:
-                return None
         elif cls is Retry and key == "budget":
             value = _build(RetryBudget, value, f"{path}.budget", problems, optional=True)
-            if value is None and data[key] is not False:
-                return None
-        elif cls is Fallback and key == "default" and isinstance(value, Mapping):
+        elif cls is Fallback and key == "default":
             value = _response_from_mapping(value, f"{path}.default", problems)
-            if value is None:
-                return None
-        kwargs[key] = value
-    if len(problems) and any(p.startswith(f"{path}.") for p in problems):
-        return None
+        if len(problems) == n:  # a part that failed is left out: its problems are reported
+            kwargs[key] = value
+    for f in fields(cls):
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in data:
+            problems.append(f"{path}.{f.name}: must be set, got nothing")
+            kwargs[f.name] = _PLACEHOLDERS[cls, f.name]
     try:
-        return cls(**kwargs)
+        built = cls(**kwargs)
     except ConfigError as exc:
         problems.extend(_fmt(f"{path}.", p) for p in exc._raw)
-    except TypeError as exc:  # a required key is missing
-        problems.append(f"{path}: {exc}, got {dict(data)!r}")
-    return None
+        return None
+    return built if len(problems) == before else None
 
 
-def _response_from_mapping(data: Mapping[str, Any], path: str, problems: list[str]) -> Any:
+def _response_from_mapping(data: object, path: str, problems: list[str]) -> Any:
     """``default = {status = 200, json = {...}}`` or ``{status, headers, text}``."""
     import httpx
 
-    unknown = set(data) - {"status", "headers", "json", "text"}
-    for key in sorted(unknown):
-        problems.append(f"{path}.{key}: unknown key, got {data[key]!r}")
+    if not isinstance(data, Mapping):
+        if isinstance(data, httpx.Response) or callable(data):  # from Python code
+            return data
+        problems.append(f"{path}: must be a table of status, headers, json or text, got {data!r}")
+        return None
+    before = len(problems)
+    problems.extend(
+        f"{path}.{key}: unknown key, got {data[key]!r}"
+        for key in data
+        if key not in ("status", "headers", "json", "text")
+    )
     status = data.get("status", 200)
     if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
         problems.append(f"{path}.status: must be a status code in 100..599, got {status!r}")
     headers = data.get("headers", {})
-    if not isinstance(headers, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
+    if not _is_str_table(headers):
         problems.append(f"{path}.headers: must be a table of strings, got {headers!r}")
     text = data.get("text")
     if text is not None and not isinstance(text, str):
         problems.append(f"{path}.text: must be a string, got {text!r}")
-    if unknown or any(p.startswith(f"{path}.") for p in problems):
+    if "json" in data and "text" in data:
+        problems.append(f"{path}.text: set json or text, not both, got {text!r}")
+    if len(problems) > before:
         return None
     if "json" in data:
         return httpx.Response(status, headers=dict(headers), json=data["json"])
     return httpx.Response(status, headers=dict(headers), text=text or "")
+
+
+def _is_str_table(value: object) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
 
 
 def _policy_from_mapping(data: object, path: str, problems: list[str]) -> Policy | None:
@@ -608,19 +661,36 @@ def _policy_from_mapping(data: object, path: str, problems: list[str]) -> Policy
 # ---------------------------------------------------------------------------
 # Whole configuration files: a [defaults] table and one [dependencies.NAME] each.
 
-#: httpx.AsyncClient keywords a dependency table may carry, and their types.
-_HTTPX_OPTIONS: dict[str, tuple[type, ...]] = {
-    "headers": (Mapping,),
-    "params": (Mapping,),
-    "cookies": (Mapping,),
-    "verify": (bool, str),
-    "cert": (str, list),
-    "http1": (bool,),
-    "http2": (bool,),
-    "follow_redirects": (bool,),
-    "max_redirects": (int,),
-    "trust_env": (bool,),
-    "auth": (list,),
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_str_list(value: object, sizes: range) -> bool:
+    return (
+        isinstance(value, list) and len(value) in sizes and all(isinstance(v, str) for v in value)
+    )
+
+
+#: httpx.AsyncClient keywords a dependency table may carry: (is it valid, what it must be).
+_HTTPX_OPTIONS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "headers": (_is_str_table, "a table of strings"),
+    "params": (lambda v: isinstance(v, Mapping), "a table"),
+    "cookies": (_is_str_table, "a table of strings"),
+    "verify": (lambda v: isinstance(v, bool | str), "a boolean or a CA bundle path"),
+    "cert": (
+        lambda v: isinstance(v, str) or _is_str_list(v, range(2, 4)),
+        "a path or a list [certfile, keyfile] or [certfile, keyfile, password]",
+    ),
+    "http1": (_is_bool, "a boolean"),
+    "http2": (_is_bool, "a boolean"),
+    "follow_redirects": (_is_bool, "a boolean"),
+    "max_redirects": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "an integer >= 0",
+    ),
+    "trust_env": (_is_bool, "a boolean"),
+    "auth": (lambda v: _is_str_list(v, range(2, 3)), "a list [username, password]"),
 }
 _POLICY_KEYS = frozenset(name for name, _, _ in _POLICY_PARTS) | {"forward_deadline"}
 
@@ -670,18 +740,34 @@ def _check_url(url: object, path: str, problems: list[str]) -> None:
         problems.append(f"{path}: must be an http:// or https:// URL, got {url!r}")
 
 
+def _is_set(table: Mapping[str, Any], key_path: str) -> bool:
+    """Whether *table* sets the dotted *key_path* itself (rather than inheriting it)."""
+    node: object = table
+    for part in key_path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def _config_from_mapping(data: Mapping[str, Any], problems: list[str]) -> Config | None:
     if not isinstance(data, Mapping):
         problems.append(f"<config>: must be a table, got {data!r}")
         return None
-    for key in data:
-        if key not in ("defaults", "dependencies"):
-            problems.append(f"{key}: unknown key, got {data[key]!r}")
+    problems.extend(
+        f"{key}: unknown key, got {data[key]!r}"
+        for key in data
+        if key not in ("defaults", "dependencies")
+    )
     defaults_data = data.get("defaults", {})
     if not isinstance(defaults_data, Mapping):
         problems.append(f"defaults: must be a table, got {defaults_data!r}")
         defaults_data = {}
-    defaults = _policy_from_mapping(defaults_data, "defaults", problems)
+    # Key paths relative to the policy, so that a problem a dependency merely
+    # inherits from [defaults] is reported once, under defaults.
+    defaults_problems: list[str] = []
+    defaults = _policy_from_mapping(defaults_data, "", defaults_problems)
+    problems.extend(f"defaults.{p}" for p in defaults_problems)
     deps_data = data.get("dependencies", {})
     if not isinstance(deps_data, Mapping):
         problems.append(f"dependencies: must be a table, got {deps_data!r}")
@@ -692,6 +778,7 @@ def _config_from_mapping(data: Mapping[str, Any], problems: list[str]) -> Config
         if not isinstance(table, Mapping):
             problems.append(f"{path}: must be a table, got {table!r}")
             continue
+        before = len(problems)
         policy_part: dict[str, Any] = {}
         options: dict[str, Any] = {}
         base_url = table.get("base_url")
@@ -702,28 +789,35 @@ def _config_from_mapping(data: Mapping[str, Any], problems: list[str]) -> Config
             if key in _POLICY_KEYS:
                 policy_part[key] = value
             elif key in _HTTPX_OPTIONS:
-                if not isinstance(value, _HTTPX_OPTIONS[key]) or isinstance(value, bool) != (
-                    bool in _HTTPX_OPTIONS[key] and isinstance(value, bool)
-                ):
-                    kinds = " or ".join(t.__name__ for t in _HTTPX_OPTIONS[key])
-                    problems.append(f"{path}.{key}: must be of type {kinds}, got {value!r}")
+                valid, kind = _HTTPX_OPTIONS[key]
+                if not valid(value):
+                    problems.append(f"{path}.{key}: must be {kind}, got {value!r}")
                 else:
-                    options[key] = tuple(value) if key == "auth" else value
+                    options[key] = tuple(value) if isinstance(value, list) else value
             else:
                 problems.append(f"{path}.{key}: unknown key, got {value!r}")
-        if base_url is not None and endpoints is not None:
-            problems.append(f"{path}: set base_url or endpoints, not both, got {dict(table)!r}")
         if base_url is not None:
             _check_url(base_url, f"{path}.base_url", problems)
         if endpoints is not None:
-            if not isinstance(endpoints, list) or not endpoints:
-                problems.append(f"{path}.endpoints: must be a non-empty list of URLs, got {endpoints!r}")
+            if base_url is not None:
+                problems.append(
+                    f"{path}.endpoints: set base_url or endpoints, not both, got {endpoints!r}"
+                )
+            elif not isinstance(endpoints, list) or not endpoints:
+                problems.append(
+                    f"{path}.endpoints: must be a non-empty list of URLs, got {endpoints!r}"
+                )
             else:
                 for i, url in enumerate(endpoints):
                     _check_url(url, f"{path}.endpoints[{i}]", problems)
-        merged = _merge(defaults_data, policy_part)
-        policy = _policy_from_mapping(merged, path, problems)
-        if policy is not None:
+        dep_problems: list[str] = []
+        policy = _policy_from_mapping(_merge(defaults_data, policy_part), "", dep_problems)
+        problems.extend(
+            f"{path}.{p}"
+            for p in dep_problems
+            if p not in defaults_problems or _is_set(policy_part, p.partition(":")[0])
+        )
+        if policy is not None and len(problems) == before:
             specs[name] = DependencySpec(
                 name=name,
                 policy=policy,

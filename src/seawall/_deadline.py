@@ -14,7 +14,12 @@ from contextvars import ContextVar
 
 from ._clock import MONOTONIC, Clock
 
-__all__ = ["deadline", "deadline_remaining"]
+__all__ = ["deadline", "deadline_remaining", "forward_header"]
+
+#: The header in which dependencies with ``Policy(forward_deadline=True)`` send the
+#: remaining budget downstream; the ASGI middleware sets it to its own
+#: ``deadline_header`` for each request.
+forward_header: ContextVar[str] = ContextVar("seawall_forward_header", default="Request-Timeout")
 
 # (clock, expiry on that clock's time)
 _current: ContextVar[tuple[Clock, float] | None] = ContextVar("seawall_deadline", default=None)

@@ -20,7 +20,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 import anyio
 
@@ -193,9 +193,7 @@ class Guard:
                         f"deadline of {rt.name!r} ran out before attempt {attempts}",
                         dependency=rt.name,
                     )
-                    error.report = self._report(
-                        error.reason, attempts - 1, retries, start, None
-                    )
+                    error.report = self._report(error.reason, attempts - 1, retries, start, None)
                     raise error from last
                 if limit is None or left < limit:
                     limit, by_deadline = left, True

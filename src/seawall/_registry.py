@@ -1,23 +1,61 @@
-"""Registry: the named dependencies of a process and their runtime state."""
+"""Registry: the named dependencies of a process, their clients and runtime state."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from os import PathLike
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 from ._clock import MONOTONIC, Clock
-from ._config import Policy
+from ._config import Config, DependencySpec, Policy, load_config
 from ._runtime import Runtime
 
 if TYPE_CHECKING:
     from ._breaker import Breaker
     from ._bulkhead import BulkheadHandle
+    from ._client import ResilientClient
     from ._guard import Guard
 
 __all__ = ["Registry", "default_registry"]
 
 
+def redact_url(url: str) -> str:
+    """A URL without any ``user:password@``."""
+    try:
+        parsed = httpx.URL(url)
+    except Exception:  # pragma: no cover - validated URLs only reach here
+        return "<invalid url>"
+    if parsed.userinfo:
+        parsed = parsed.copy_with(username=None, password=None)
+    return str(parsed)
+
+
+class _Dependency:
+    """One registered dependency: its spec, runtime and (for HTTP ones) client."""
+
+    __slots__ = ("client", "runtime", "spec")
+
+    def __init__(self, spec: DependencySpec, runtime: Runtime, client: ResilientClient | None):
+        self.spec = spec
+        self.runtime = runtime
+        self.client = client
+
+
 class Registry:
-    """Named dependencies, each with one policy and one runtime state.
+    """The named dependencies of an app, each with one policy, one runtime state
+    and, for HTTP dependencies, one :class:`~seawall.ResilientClient`.
+
+    ::
+
+        registry = seawall.Registry.from_toml("resilience.toml")
+        registry.add("payments", base_url="https://pay.example", policy=policy)
+
+        app = FastAPI(lifespan=registry.lifespan)      # or: async with registry: ...
+        payments = registry.client("payments")
 
     ``clock`` is the clock every dependency's state is built on (tests pass a
     :class:`seawall.testing.ManualClock`).
@@ -25,30 +63,112 @@ class Registry:
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or MONOTONIC
-        self._runtimes: dict[str, Runtime] = {}
+        self._deps: dict[str, _Dependency] = {}
+        self._defaults = Policy()
+        # Clients replaced or removed by reload(), closed when the registry closes
+        # (each also closes itself as soon as its last call in flight ends).
+        self._retired: list[ResilientClient] = []
+        self._open = False
 
     def __repr__(self) -> str:
-        return f"<Registry {sorted(self._runtimes)}>"
+        return f"<Registry {sorted(self._deps)}>"
 
     def __contains__(self, name: object) -> bool:
-        return name in self._runtimes
+        return name in self._deps
 
     @property
     def names(self) -> list[str]:
-        return list(self._runtimes)
+        return list(self._deps)
+
+    # -- building ------------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls, config: Mapping[str, Any] | Config, *, clock: Clock | None = None
+    ) -> Registry:
+        """A registry holding every dependency of a configuration (the TOML layout)."""
+        registry = cls(clock=clock)
+        if not isinstance(config, Config):
+            config = Config.from_mapping(config)
+        registry._defaults = config.defaults
+        for spec in config.dependencies.values():
+            registry._add_spec(spec)
+        return registry
+
+    @classmethod
+    def from_toml(cls, path: str | PathLike[str], *, clock: Clock | None = None) -> Registry:
+        """A registry from a TOML file (see ``seawall.load_config``)."""
+        return cls.from_config(load_config(path), clock=clock)
+
+    def add(
+        self,
+        name: str,
+        *,
+        base_url: str | None = None,
+        endpoints: Sequence[str] | None = None,
+        policy: Policy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        **httpx_kwargs: Any,
+    ) -> None:
+        """Register a dependency: HTTP (``base_url`` or ``endpoints``) or not (neither).
+
+        ``policy`` defaults to the configuration's defaults (``Policy()`` without
+        one). httpx keywords (headers, auth, verify, ...) go to its client.
+        """
+        if name in self._deps:
+            raise ValueError(f"dependency {name!r} is already registered")
+        spec = DependencySpec(
+            name=name,
+            policy=policy if policy is not None else self._defaults,
+            base_url=base_url,
+            endpoints=tuple(endpoints or ()),
+            httpx_options=dict(httpx_kwargs),
+        )
+        self._add_spec(spec, transport=transport)
+
+    def _add_spec(
+        self,
+        spec: DependencySpec,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
+        if not isinstance(spec.name, str) or not spec.name:
+            raise ValueError(f"dependency: must be a non-empty string, got {spec.name!r}")
+        if spec.base_url and spec.endpoints:
+            raise ValueError(f"dependency {spec.name!r}: give base_url or endpoints, not both")
+        if runtime is None:
+            runtime = Runtime(spec.name, spec.policy, self.clock, endpoints=spec.endpoints)
+        client = None
+        if spec.base_url or spec.endpoints:
+            from ._client import ResilientClient
+
+            options = dict(spec.httpx_options)
+            if isinstance(options.get("auth"), tuple):
+                options["auth"] = httpx.BasicAuth(*options["auth"])
+            client = ResilientClient(
+                spec.name,
+                base_url=spec.base_url or "",
+                transport=transport,
+                runtime=runtime,
+                **options,
+            )
+        self._deps[spec.name] = _Dependency(spec, runtime, client)
 
     def _runtime(self, name: str, policy: Policy | None, clock: Clock | None) -> Runtime:
         """Get or create the runtime of *name*; a conflicting policy or clock is an error."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"dependency: must be a non-empty string, got {name!r}")
-        rt = self._runtimes.get(name)
-        if rt is None:
+        dep = self._deps.get(name)
+        if dep is None:
             if policy is None:
                 raise LookupError(f"unknown dependency {name!r}: give it a policy first")
             if not isinstance(policy, Policy):
                 raise TypeError(f"policy: must be a seawall.Policy, got {policy!r}")
-            rt = self._runtimes[name] = Runtime(name, policy, clock or self.clock)
-            return rt
+            runtime = Runtime(name, policy, clock or self.clock)
+            self._deps[name] = _Dependency(DependencySpec(name=name, policy=policy), runtime, None)
+            return runtime
+        rt = dep.runtime
         if policy is not None and policy != rt.policy:
             raise ValueError(
                 f"dependency {name!r} already has a different policy in this registry; "
@@ -58,12 +178,21 @@ class Registry:
             raise ValueError(f"dependency {name!r} already runs on another clock ({rt.clock!r})")
         return rt
 
-    def _get(self, name: str) -> Runtime:
+    def _get(self, name: str) -> _Dependency:
         try:
-            return self._runtimes[name]
+            return self._deps[name]
         except KeyError:
-            known = ", ".join(sorted(self._runtimes)) or "none"
+            known = ", ".join(sorted(self._deps)) or "none"
             raise LookupError(f"unknown dependency {name!r} (known: {known})") from None
+
+    # -- handles -------------------------------------------------------------------
+
+    def client(self, name: str) -> ResilientClient:
+        """The :class:`~seawall.ResilientClient` of an HTTP dependency."""
+        dep = self._get(name)
+        if dep.client is None:
+            raise LookupError(f"dependency {name!r} has no base_url or endpoints: use guard()")
+        return dep.client
 
     def guard(self, name: str, policy: Policy | None = None) -> Guard:
         """A :class:`~seawall.Guard` for non-HTTP calls under *name*'s policy and state."""
@@ -72,22 +201,136 @@ class Registry:
         return Guard(self._runtime(name, policy, None))
 
     def breaker(self, name: str) -> Breaker:
-        """The breaker handle of *name* (LookupError if it has no breaker)."""
-        breaker = self._get(name).breaker
-        if breaker is None:
+        """The breaker handle of *name* (LookupError if it has none of its own)."""
+        rt = self._get(name).runtime
+        if rt.breaker is None:
+            if rt.endpoint_breakers:
+                raise LookupError(
+                    f"dependency {name!r} has one breaker per endpoint: use registry.breakers()"
+                )
             raise LookupError(f"dependency {name!r} has no circuit breaker in its policy")
-        return breaker
+        return rt.breaker
+
+    def breakers(self, name: str) -> dict[str, Breaker]:
+        """Every breaker of *name*, by endpoint URL (``""`` for a dependency's own)."""
+        rt = self._get(name).runtime
+        if rt.endpoint_breakers:
+            return dict(rt.endpoint_breakers)
+        return {"": rt.breaker} if rt.breaker is not None else {}
 
     def bulkhead(self, name: str) -> BulkheadHandle:
         """The bulkhead handle of *name* (LookupError if it has no bulkhead)."""
-        bulkhead = self._get(name).bulkhead
+        bulkhead = self._get(name).runtime.bulkhead
         if bulkhead is None:
             raise LookupError(f"dependency {name!r} has no bulkhead in its policy")
         return bulkhead
 
+    def spec(self, name: str) -> DependencySpec:
+        return self._get(name).spec
+
+    # -- snapshot ------------------------------------------------------------------
+
     def snapshot(self) -> dict[str, Any]:
-        """Plain JSON-ready figures for every dependency."""
-        return {"dependencies": {name: rt.snapshot() for name, rt in self._runtimes.items()}}
+        """Plain JSON-ready figures for every dependency (no secret ever appears)."""
+        return {"dependencies": {name: self._entry(dep) for name, dep in self._deps.items()}}
+
+    def dependency_snapshot(self, name: str) -> dict[str, Any]:
+        return self._entry(self._get(name))
+
+    @staticmethod
+    def _entry(dep: _Dependency) -> dict[str, Any]:
+        entry: dict[str, Any] = dep.runtime.snapshot()
+        for ep in entry["endpoints"]:
+            ep["url"] = redact_url(ep["url"])
+        pool = None
+        if dep.client is not None:
+            pool = dep.client.resilient_transport.pool_statistics()
+        entry["pool"] = pool
+        return entry
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Registry:
+        self._open = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every client's connection pool."""
+        self._open = False
+        clients = [d.client for d in self._deps.values() if d.client is not None]
+        for client in [*clients, *self._retired]:
+            await client.aclose()
+        self._retired.clear()
+
+    @asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """A lifespan for Starlette/FastAPI (``lifespan=registry.lifespan``)."""
+        async with self:
+            yield
+
+    # -- reload --------------------------------------------------------------------
+
+    def reload(self, config: str | PathLike[str] | Mapping[str, Any] | Config) -> None:
+        """Apply a new configuration in place (synchronous; validates it all first).
+
+        Dependencies whose breaker settings (and endpoints) did not change keep
+        their breaker state and window; changed ones get a fresh breaker; added
+        ones are opened; removed ones are closed once their calls in flight end.
+        Dependencies registered in code with ``add()`` or ``guard()`` and absent
+        from the file are removed too: the file is the whole truth.
+        """
+        if isinstance(config, Config):
+            new = config
+        elif isinstance(config, Mapping):
+            new = Config.from_mapping(config)
+        else:
+            new = load_config(config)
+        self._defaults = new.defaults
+        for name in [n for n in self._deps if n not in new.dependencies]:
+            self._retire(self._deps.pop(name))
+        for name, spec in new.dependencies.items():
+            old = self._deps.get(name)
+            if old is None:
+                self._add_spec(spec)
+                continue
+            runtime = Runtime(spec.name, spec.policy, old.runtime.clock, endpoints=spec.endpoints)
+            if (
+                spec.policy.breaker == old.spec.policy.breaker
+                and spec.endpoints == old.spec.endpoints
+            ):
+                runtime.breaker = old.runtime.breaker
+                runtime.endpoint_breakers = old.runtime.endpoint_breakers
+            if spec.policy.fallback == old.spec.policy.fallback:
+                runtime.cache = old.runtime.cache
+            if (
+                old.client is not None
+                and spec.base_url == old.spec.base_url
+                and spec.endpoints == old.spec.endpoints
+                and dict(spec.httpx_options) == dict(old.spec.httpx_options)
+                and spec.policy.pool == old.spec.policy.pool
+                and spec.policy.timeouts == old.spec.policy.timeouts
+            ):
+                # Same client: swap the policy under it; calls in flight finish
+                # on the runtime they started with.
+                old.client.resilient_transport._swap_runtime(runtime)
+                old.spec, old.runtime = spec, runtime
+                continue
+            self._deps.pop(name)
+            self._retire(old)
+            self._add_spec(spec, runtime=runtime)
+
+    def _retire(self, dep: _Dependency) -> None:
+        if dep.client is not None:
+            self._retired.append(dep.client)
+            dep.client.resilient_transport._close_when_idle()
 
 
 _default: Registry | None = None

@@ -20,7 +20,18 @@ class BudgetTracker:
     retry is allowed while ``retries < ratio * calls + min_per_second * window``.
     """
 
-    __slots__ = ("_calls", "_clock", "_epoch", "_floor", "_n", "_ratio", "_retries", "_width", "calls", "retries")
+    __slots__ = (
+        "_calls",
+        "_clock",
+        "_epoch",
+        "_floor",
+        "_n",
+        "_ratio",
+        "_retries",
+        "_width",
+        "calls",
+        "retries",
+    )
 
     def __init__(self, config: RetryBudget, *, clock: Clock) -> None:
         self._clock = clock
@@ -81,7 +92,9 @@ def parse_retry_after(value: str | None, now_wall: float | None = None) -> float
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # delay-seconds is ASCII digits only: str.isdigit() also accepts "²" or "١٢",
+    # which float() then rejects (ValueError) or reads as a number.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

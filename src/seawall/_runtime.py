@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ._breaker import Breaker
 from ._bulkhead import BulkheadHandle
@@ -78,9 +79,7 @@ class Runtime:
             else None
         )
         retry = policy.retry
-        self.budget = (
-            BudgetTracker(retry.budget, clock=clock) if retry and retry.budget else None
-        )
+        self.budget = BudgetTracker(retry.budget, clock=clock) if retry and retry.budget else None
         self.retry_on = matcher(retry.retry_on) if retry else matcher(())
         fallback = policy.fallback
         self.cache = (
@@ -91,7 +90,7 @@ class Runtime:
             else None
         )
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> dict[str, Any]:
         """Plain, JSON-ready figures (the Registry's snapshot entry, sans HTTP parts)."""
         return {
             "breaker": self.breaker.statistics().as_dict() if self.breaker else None,

@@ -34,6 +34,7 @@ from ._breaker import Breaker
 from ._clock import MONOTONIC, Clock
 from ._config import Policy
 from ._deadline import _current as _ambient
+from ._deadline import forward_header
 from ._exceptions import (
     DeadlineExceededError,
     OutcomeUnknownError,
@@ -48,7 +49,6 @@ __all__ = ["IDEMPOTENT_METHODS", "ResilientTransport"]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-DEADLINE_HEADER = "Request-Timeout"
 
 # Errors raised before a byte of the request left: safe to retry for any method.
 _NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -154,6 +154,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 )
             )
         self._inner = transport
+        self._in_flight = 0
+        self._closing = False
         t = rt.policy.timeouts
         self._policy_phases: dict[str, float | None] = {
             "connect": t.connect,
@@ -183,9 +185,51 @@ class ResilientTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         await self._inner.aclose()
 
+    def pool_statistics(self) -> dict[str, Any]:
+        """Figures of the connection pool: limits, connections open and idle, calls in flight."""
+        stats: dict[str, Any] = {
+            "max_connections": self._rt.policy.pool.max_connections,
+            "max_keepalive": self._rt.policy.pool.max_keepalive,
+            "in_flight": self._in_flight,
+        }
+        pool = getattr(self._inner, "_pool", None)
+        connections = getattr(pool, "connections", None)
+        if isinstance(connections, list):
+            stats["connections"] = len(connections)
+            stats["idle"] = sum(1 for c in connections if c.is_idle())
+        return stats
+
+    def _swap_runtime(self, runtime: Runtime) -> None:
+        """Serve later calls under a new runtime (Registry.reload); calls in flight keep theirs."""
+        self._rt = runtime
+        self._endpoints = [
+            _Endpoint(url, runtime.endpoint_breakers.get(url)) for url in runtime.endpoints
+        ]
+        t = runtime.policy.timeouts
+        self._policy_phases = {
+            "connect": t.connect,
+            "read": t.read,
+            "write": t.write,
+            "pool": t.pool,
+        }
+
+    def _close_when_idle(self) -> None:
+        self._closing = True
+
     # -- the pipeline ------------------------------------------------------------
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self._in_flight += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self._in_flight -= 1
+            if self._closing and not self._in_flight:
+                # Retired by a reload: the last call in flight closes the pool.
+                with anyio.CancelScope(shield=True):
+                    await self._inner.aclose()
+
+    async def _handle(self, request: httpx.Request) -> httpx.Response:
         rt = self._rt
         clock = rt.clock
         start = clock.now()
@@ -324,7 +368,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             t0 = clock.now()
             self._apply_timeouts(target, base_timeouts, left)
             if policy.forward_deadline and deadline_at is not None:
-                target.headers[DEADLINE_HEADER] = f"{max(0.0, left):.3f}"
+                target.headers[forward_header.get()] = f"{max(0.0, left):.3f}"
             if state.attempts > 1:
                 target.extensions["seawall.resend_count"] = state.attempts - 1
             response: httpx.Response | None = None

@@ -1,0 +1,338 @@
+"""ASGI integration: deadlines in, fail-fast errors out, load shedding, a status app.
+
+:class:`ResilienceMiddleware` is pure ASGI (not Starlette's BaseHTTPMiddleware,
+which breaks contextvar propagation: both our deadline and OpenTelemetry's
+context live in contextvars). Non-HTTP scopes (websockets, lifespan) pass
+straight through; streaming responses are untouched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import httpx
+
+from ._deadline import deadline as _deadline_cm
+from ._deadline import forward_header
+from ._exceptions import (
+    BulkheadFullError,
+    CircuitOpenError,
+    DeadlineExceededError,
+    OutcomeUnknownError,
+    RateLimitedError,
+)
+from ._registry import Registry
+
+__all__ = ["ResilienceMiddleware", "problem_for", "status_app"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_TITLES = {
+    "circuit_open": "Dependency unavailable (circuit open)",
+    "bulkhead_full": "Dependency saturated (bulkhead full)",
+    "rate_limited": "Dependency rate limit reached",
+    "deadline_exceeded": "Deadline exceeded",
+    "timeout": "Dependency timed out",
+    "outcome_unknown": "Outcome of a dependency call unknown",
+    "overloaded": "Service overloaded",
+}
+
+
+def _retry_after(seconds: float | None) -> str:
+    # Never tell a client to come back sooner than we know is useful; whole seconds.
+    return str(max(1, math.ceil(seconds))) if seconds is not None else "1"
+
+
+def problem_for(
+    exc: BaseException, *, rate_limited_status: int = 503
+) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    """The RFC 9457 ``application/problem+json`` answer for a seawall error, or None.
+
+    CircuitOpenError and BulkheadFullError: 503 with Retry-After;
+    RateLimitedError: 503 (or ``rate_limited_status``) with Retry-After;
+    DeadlineExceededError and timeouts: 504; OutcomeUnknownError: 502. Other
+    errors get None (they pass through). The body names the dependency and the
+    reason, and nothing else: no URL, header or traceback leaks out.
+    """
+    headers: list[tuple[bytes, bytes]] = []
+    dependency = getattr(exc, "dependency", None)
+    if isinstance(exc, CircuitOpenError | BulkheadFullError):
+        status = 503
+        headers.append((b"retry-after", _retry_after(exc.retry_after).encode()))
+        reason = exc.reason
+    elif isinstance(exc, RateLimitedError):
+        status = rate_limited_status
+        headers.append((b"retry-after", _retry_after(exc.retry_after).encode()))
+        reason = exc.reason
+    elif isinstance(exc, OutcomeUnknownError):
+        status, reason = 502, exc.reason
+    elif isinstance(exc, DeadlineExceededError):
+        status, reason = 504, exc.reason
+    elif isinstance(exc, httpx.TimeoutException | TimeoutError):
+        status, reason = 504, "timeout"
+        if dependency is None:
+            from ._report import report_of
+
+            report = report_of(exc)
+            dependency = report.dependency if report is not None else None
+        if dependency is None:
+            return None  # a timeout that is not a seawall call's: not ours to answer
+    else:
+        return None
+    problem: dict[str, Any] = {
+        "type": f"urn:seawall:problem:{reason}",
+        "title": _TITLES.get(reason, reason),
+        "status": status,
+        "detail": f"A call to the {dependency!s} dependency failed: {reason.replace('_', ' ')}."
+        if dependency
+        else f"{reason.replace('_', ' ')}.",
+        "dependency": dependency,
+        "reason": reason,
+    }
+    body = json.dumps(problem).encode()
+    headers += [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return status, headers, body
+
+
+async def _send_problem(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _parse_deadline(value: bytes) -> float | None:
+    """Seconds from a deadline header: ``2.5`` (seconds), ``2500ms`` or ``2.5s``."""
+    text = value.decode("latin-1").strip().lower()
+    scale = 1.0
+    if text.endswith("ms"):
+        text, scale = text[:-2], 0.001
+    elif text.endswith("s"):
+        text = text[:-1]
+    try:
+        seconds = float(text) * scale
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+class ResilienceMiddleware:
+    """Pure ASGI middleware: request deadlines, fail-fast error mapping, load shedding.
+
+    * Deadline propagation: each request gets a deadline, ``deadline`` seconds
+      (None: none) or the smaller one in the inbound ``deadline_header``; every
+      seawall call made while handling it caps its total timeout by what
+      remains, and dependencies with ``Policy(forward_deadline=True)`` forward
+      the remaining budget downstream in the same header.
+    * A seawall error escaping the app becomes an RFC 9457 problem response
+      (see :func:`problem_for`), if the response has not started; otherwise it
+      is re-raised.
+    * ``max_concurrent_requests`` caps the requests in flight in the app; the
+      next one gets 503 with Retry-After at once, without running the handler.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        registry: Registry | None = None,
+        deadline: float | None = None,
+        deadline_header: str = "Request-Timeout",
+        max_concurrent_requests: int | None = None,
+        rate_limited_status: int = 503,
+    ) -> None:
+        if deadline is not None and (
+            isinstance(deadline, bool) or not isinstance(deadline, int | float) or not deadline > 0
+        ):
+            raise ValueError(
+                f"ResilienceMiddleware.deadline: must be > 0 or None, got {deadline!r}"
+            )
+        if max_concurrent_requests is not None and (
+            isinstance(max_concurrent_requests, bool)
+            or not isinstance(max_concurrent_requests, int)
+            or max_concurrent_requests < 1
+        ):
+            raise ValueError(
+                "ResilienceMiddleware.max_concurrent_requests: must be an integer >= 1 or None, "
+                f"got {max_concurrent_requests!r}"
+            )
+        if rate_limited_status not in (429, 503):
+            raise ValueError(
+                f"ResilienceMiddleware.rate_limited_status: must be 429 or 503, got {rate_limited_status!r}"
+            )
+        self.app = app
+        self.registry = registry
+        self.deadline = deadline
+        self.deadline_header = deadline_header
+        self._header_key = deadline_header.lower().encode("latin-1")
+        self.max_concurrent_requests = max_concurrent_requests
+        self.rate_limited_status = rate_limited_status
+        self._in_flight = 0
+        self._shed_body = json.dumps(
+            {
+                "type": "urn:seawall:problem:overloaded",
+                "title": _TITLES["overloaded"],
+                "status": 503,
+                "detail": "Too many requests in flight; try again shortly.",
+                "reason": "overloaded",
+            }
+        ).encode()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_concurrent_requests
+        if limit is not None and self._in_flight >= limit:
+            body = self._shed_body
+            await _send_problem(
+                send,
+                503,
+                [
+                    (b"retry-after", b"1"),
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+                body,
+            )
+            return
+        seconds = self.deadline
+        for name, value in scope.get("headers", ()):
+            if name == self._header_key:
+                inbound = _parse_deadline(value)
+                if inbound is not None and (seconds is None or inbound < seconds):
+                    seconds = inbound
+                break
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        self._in_flight += 1
+        token = forward_header.set(self.deadline_header)
+        try:
+            if seconds is None:
+                await self.app(scope, receive, send_wrapper)
+            else:
+                with _deadline_cm(seconds):
+                    await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            problem = problem_for(exc, rate_limited_status=self.rate_limited_status)
+            if problem is None or started:
+                raise
+            await _send_problem(send, *problem)
+        finally:
+            forward_header.reset(token)
+            self._in_flight -= 1
+
+
+# -- the status app ------------------------------------------------------------------
+
+_ACTIONS = {
+    "force-open": "force_open",
+    "force-closed": "force_closed",
+    "disable": "disable",
+    "reset": "reset",
+}
+
+
+def status_app(registry: Registry, *, admin_token: str | None = None) -> ASGIApp:
+    """A small ASGI app serving the registry's snapshot; mount it anywhere.
+
+    ``GET /`` answers the snapshot as JSON (like Spring's actuator
+    circuit-breaker endpoint). With ``admin_token`` set, and only then,
+    ``POST /{dependency}/breaker/{action}`` (``force-open``, ``force-closed``,
+    ``disable``, ``reset``) changes that dependency's breakers and answers
+    with its snapshot entry; a missing or wrong bearer token gets 401 (checked
+    first, in constant time), an unknown dependency or action 404.
+    """
+    expected = f"Bearer {admin_token}".encode() if admin_token is not None else None
+
+    async def respond(
+        send: Send, status: int, payload: object, extra: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        body = json.dumps(payload).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                    *extra,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        method = scope["method"]
+        root = scope.get("root_path", "")
+        path = scope["path"]
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        path = path.rstrip("/") or "/"
+        if method in ("GET", "HEAD") and path == "/":
+            await respond(send, 200, registry.snapshot())
+            return
+        if method == "POST" and expected is not None:
+            auth = b""
+            for name, value in scope.get("headers", ()):
+                if name == b"authorization":
+                    auth = value
+                    break
+            if not hmac.compare_digest(auth, expected):
+                await respond(
+                    send,
+                    401,
+                    {"error": "unauthorized"},
+                    ((b"www-authenticate", b'Bearer realm="seawall"'),),
+                )
+                return
+            parts = path.strip("/").split("/")
+            if len(parts) == 3 and parts[1] == "breaker" and parts[2] in _ACTIONS:
+                name = parts[0]
+                if name in registry:
+                    breakers = registry.breakers(name)
+                    if breakers:
+                        for breaker in breakers.values():
+                            getattr(breaker, _ACTIONS[parts[2]])()
+                        await respond(send, 200, registry.dependency_snapshot(name))
+                        return
+            await respond(send, 404, {"error": "not found"})
+            return
+        if method == "POST":
+            await respond(send, 404, {"error": "not found"})
+            return
+        await respond(send, 405, {"error": "method not allowed"}, ((b"allow", b"GET"),))
+
+    return app

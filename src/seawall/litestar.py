@@ -1,0 +1,93 @@
+"""Litestar integration: an init plugin, and ``Provide``-able clients.
+
+::
+
+    registry = seawall.Registry.from_toml("resilience.toml")
+    app = Litestar(
+        route_handlers=[pay],
+        plugins=[seawall.litestar.ResiliencePlugin(registry, deadline=10.0)],
+        dependencies={"payments": seawall.litestar.provide_client("payments")},
+    )
+
+``litestar`` is an optional extra: importing ``seawall`` never imports it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response
+from litestar.config.app import AppConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.plugins import InitPlugin
+
+from ._client import ResilientClient
+from ._exceptions import SeawallError
+from ._registry import Registry
+from .asgi import ResilienceMiddleware, problem_for
+
+__all__ = ["ResiliencePlugin", "provide_client"]
+
+_STATE_KEY = "seawall_registry"
+
+
+def _registry(state: State) -> Registry:
+    registry = state.get(_STATE_KEY)
+    if registry is None:
+        raise LookupError(
+            "this app has no seawall registry: add seawall.litestar.ResiliencePlugin(registry)"
+        )
+    return registry  # type: ignore[no-any-return]
+
+
+def provide_client(name: str) -> Provide:
+    """A ``Provide`` handing a handler the ``ResilientClient`` of *name*."""
+
+    def provide(state: State) -> ResilientClient:
+        return _registry(state).client(name)
+
+    return Provide(provide, sync_to_thread=False)
+
+
+class ResiliencePlugin(InitPlugin):
+    """Registers seawall's middleware, the registry's lifespan and exception handlers.
+
+    ``middleware_options`` go to :class:`seawall.asgi.ResilienceMiddleware`.
+    """
+
+    __slots__ = ("middleware_options", "registry")
+
+    def __init__(self, registry: Registry, **middleware_options: Any) -> None:
+        self.registry = registry
+        self.middleware_options = middleware_options
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        registry = self.registry
+        rate_limited_status = self.middleware_options.get("rate_limited_status", 503)
+        app_config.state[_STATE_KEY] = registry
+        app_config.middleware.insert(
+            0,
+            DefineMiddleware(
+                ResilienceMiddleware,  # type: ignore[arg-type]
+                registry=registry,
+                **self.middleware_options,
+            ),
+        )
+        app_config.lifespan.append(lambda app: registry)
+
+        def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+            problem = problem_for(exc, rate_limited_status=rate_limited_status)
+            if problem is None:  # a ConfigError, say: not an answer for the client
+                raise exc
+            status, headers, body = problem
+            return Response(
+                content=body,
+                status_code=status,
+                headers={k.decode(): v.decode() for k, v in headers if k != b"content-length"},
+                media_type="application/problem+json",
+            )
+
+        app_config.exception_handlers[SeawallError] = handle
+        return app_config
