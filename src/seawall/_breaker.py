@@ -394,7 +394,10 @@ class Breaker:
             self._half_open_slow += slow
             done = self._half_open_done
             if done >= self.config.half_open_calls:
-                if self._half_open_failures / done >= self.config.failure_rate_threshold or self._half_open_slow / done >= self.config.slow_call_rate_threshold:
+                if (
+                    self._half_open_failures / done >= self.config.failure_rate_threshold
+                    or self._half_open_slow / done >= self.config.slow_call_rate_threshold
+                ):
                     self._open("probes_failed")
                 else:
                     self._consecutive = 0

@@ -137,7 +137,9 @@ class ResponseCache:
                 return None
             self._entries.move_to_end(key)
             headers = [*entry.headers, (b"Age", str(int(age)).encode())]
+            # Not ``content=``: that response would be read and closed already,
+            # and the client could not time it (``response.elapsed``) on reading.
             return httpx.Response(
-                entry.status, headers=headers, content=entry.body, request=request
+                entry.status, headers=headers, stream=httpx.ByteStream(entry.body), request=request
             )
         return None

@@ -172,7 +172,9 @@ class Guard:
             except RejectedError as exc:
                 exc.report = self._report(exc.reason, 0, retries, start, None)
                 raise
-        deadline_at = self._deadline(start)
+        # Measured from now, after any wait for a token: the ambient deadline's
+        # time left is read now too, so ``start`` would shorten it by that wait.
+        deadline_at = self._deadline(clock.now())
         retry = rt.policy.retry
         max_attempts = retry.attempts if retry is not None else 1
         attempt_limit = rt.policy.timeouts.attempt
@@ -184,19 +186,13 @@ class Guard:
         last: Exception | None = None
         while True:
             attempts += 1
-            limit = attempt_limit
-            by_deadline = False
-            if deadline_at is not None:
-                left = deadline_at - clock.now()
-                if left <= 0:
-                    error = DeadlineExceededError(
-                        f"deadline of {rt.name!r} ran out before attempt {attempts}",
-                        dependency=rt.name,
-                    )
-                    error.report = self._report(error.reason, attempts - 1, retries, start, None)
-                    raise error from last
-                if limit is None or left < limit:
-                    limit, by_deadline = left, True
+            if deadline_at is not None and deadline_at - clock.now() <= 0:
+                error = DeadlineExceededError(
+                    f"deadline of {rt.name!r} ran out before attempt {attempts}",
+                    dependency=rt.name,
+                )
+                error.report = self._report(error.reason, attempts - 1, retries, start, None)
+                raise error from last
             permit = -1
             token = None
             try:
@@ -205,8 +201,8 @@ class Guard:
                 if bulkhead is not None:
                     token = bulkhead.try_acquire()
                     if token is None:
-                        token = await bulkhead.acquire()
-            except RejectedError as exc:
+                        token = await self._wait_for_slot(bulkhead, deadline_at)
+            except SeawallError as exc:  # a rejection, or the deadline ran out in the queue
                 if permit >= 0:
                     breaker.release(permit)  # type: ignore[union-attr]
                 exc.report = self._report(exc.reason, attempts, retries, start, None)
@@ -217,6 +213,12 @@ class Guard:
                 if permit >= 0:
                     breaker.release(permit)  # type: ignore[union-attr]
                 raise
+            limit = attempt_limit
+            by_deadline = False
+            if deadline_at is not None:
+                left = deadline_at - clock.now()
+                if limit is None or left < limit:
+                    limit, by_deadline = left, True
             t0 = clock.now()
             try:
                 if limit is None:
@@ -263,6 +265,27 @@ class Guard:
             # Sleep outside the except clause: no slot or permit is held here.
             await backoff_sleep(clock, delay)
 
+    async def _wait_for_slot(self, bulkhead: BulkheadHandle, deadline_at: float | None) -> object:
+        """Wait for a bulkhead slot: at most ``max_wait``, and never past the deadline.
+
+        The queue is inside the total deadline: a call whose deadline runs out
+        while it waits raises DeadlineExceededError and holds no slot.
+        """
+        if deadline_at is None:
+            return await bulkhead.acquire()
+        clock = self._rt.clock
+        token: object | None = None
+        with anyio.move_on_after(deadline_at - clock.now()):
+            token = await bulkhead.acquire()
+        if token is not None and deadline_at - clock.now() > 0:
+            return token
+        if token is not None:
+            bulkhead.release(token)
+        raise DeadlineExceededError(
+            f"deadline of {self._rt.name!r} ran out waiting for a bulkhead slot",
+            dependency=self._rt.name,
+        )
+
     def _next_delay(
         self, exc: Exception, attempts: int, max_attempts: int, deadline_at: float | None
     ) -> float | str:
@@ -307,33 +330,36 @@ class Guard:
             except RejectedError as exc:
                 exc.report = self._report(exc.reason, 0, [], start, None)
                 raise
-        deadline_at = self._deadline(start)
+        deadline_at = self._deadline(clock.now())
+        if deadline_at is not None and deadline_at - clock.now() <= 0:
+            error = DeadlineExceededError(
+                f"deadline of {rt.name!r} ran out before the call", dependency=rt.name
+            )
+            error.report = self._report(error.reason, 0, [], start, None)
+            raise error
+        try:
+            if rt.breaker is not None:
+                entry.permit = rt.breaker.acquire()
+            if rt.bulkhead is not None:
+                entry.token = rt.bulkhead.try_acquire() or await self._wait_for_slot(
+                    rt.bulkhead, deadline_at
+                )
+        except BaseException as exc:
+            if entry.permit is not None:
+                rt.breaker.release(entry.permit)  # type: ignore[union-attr]
+            if isinstance(exc, SeawallError):
+                exc.report = self._report(exc.reason, 1, [], start, None)
+            raise
+        # The time left is read once the slot is held: the wait for it counts.
         limit = rt.policy.timeouts.attempt
         if deadline_at is not None:
-            left = deadline_at - start
-            if left <= 0:
-                error = DeadlineExceededError(
-                    f"deadline of {rt.name!r} ran out before the call", dependency=rt.name
-                )
-                error.report = self._report(error.reason, 0, [], start, None)
-                raise error
+            left = deadline_at - clock.now()
             if limit is None or left < limit:
                 limit = left
             else:
                 entry.attempt_cut = True
         elif limit is not None:
             entry.attempt_cut = True
-        try:
-            if rt.breaker is not None:
-                entry.permit = rt.breaker.acquire()
-            if rt.bulkhead is not None:
-                entry.token = rt.bulkhead.try_acquire() or await rt.bulkhead.acquire()
-        except BaseException as exc:
-            if entry.permit is not None:
-                rt.breaker.release(entry.permit)  # type: ignore[union-attr]
-            if isinstance(exc, RejectedError):
-                exc.report = self._report(exc.reason, 1, [], start, None)
-            raise
         if limit is not None:
             entry.scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
             entry.scope.__enter__()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._breaker import Breaker
 from ._bulkhead import BulkheadHandle
@@ -12,6 +13,10 @@ from ._clock import Clock
 from ._config import ErrorMatcher, Policy
 from ._ratelimit import RateLimiter
 from ._retry import BudgetTracker
+from .telemetry._otel import track
+
+if TYPE_CHECKING:
+    from ._transport import ResilientTransport
 
 __all__ = ["Runtime", "matcher"]
 
@@ -34,6 +39,7 @@ class Runtime:
     """
 
     __slots__ = (
+        "__weakref__",
         "breaker",
         "budget",
         "bulkhead",
@@ -47,6 +53,7 @@ class Runtime:
         "policy",
         "record_on",
         "retry_on",
+        "transports",
     )
 
     def __init__(
@@ -89,6 +96,9 @@ class Runtime:
             if fallback is not None and fallback.stale_if_error is not None
             else None
         )
+        #: The transports serving this dependency (for pool gauges).
+        self.transports: weakref.WeakSet[ResilientTransport] = weakref.WeakSet()
+        track(self)
 
     def snapshot(self) -> dict[str, Any]:
         """Plain, JSON-ready figures (the Registry's snapshot entry, sans HTTP parts)."""

@@ -41,9 +41,10 @@ from ._exceptions import (
     RejectedError,
     SeawallError,
 )
-from ._report import CallReport, Outcome, attach
+from ._report import CallReport, Outcome, attach, report_of
 from ._retry import backoff_delay, backoff_sleep, parse_retry_after
 from ._runtime import Runtime
+from .telemetry._otel import CallTelemetry, log_call, start_call
 
 __all__ = ["IDEMPOTENT_METHODS", "ResilientTransport"]
 
@@ -78,6 +79,30 @@ class _Replay(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         pass
+
+
+def _unread(response: httpx.Response, request: httpx.Request) -> httpx.Response:
+    """A fresh copy of an already-read response, for the client to read like any other.
+
+    httpx times a response (``response.elapsed``) when it closes the body
+    stream while reading it; a response built with ``content=`` was read and
+    closed on construction, so the client would never set its ``elapsed``.
+    """
+    if not response.is_closed:
+        return response  # a stream nobody read yet: the client reads it as usual
+    try:
+        body = response.content
+    except httpx.ResponseNotRead:
+        return response
+    # ``content`` is decoded already: the copy must not be decoded again.
+    headers = [(k, v) for k, v in response.headers.raw if k.lower() != b"content-encoding"]
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        stream=_Replay(body),
+        extensions=dict(response.extensions),
+        request=request,
+    )
 
 
 class _Endpoint:
@@ -154,6 +179,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 )
             )
         self._inner = transport
+        rt.transports.add(self)
         self._in_flight = 0
         self._closing = False
         t = rt.policy.timeouts
@@ -202,6 +228,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
     def _swap_runtime(self, runtime: Runtime) -> None:
         """Serve later calls under a new runtime (Registry.reload); calls in flight keep theirs."""
         self._rt = runtime
+        runtime.transports.add(self)
         self._endpoints = [
             _Endpoint(url, runtime.endpoint_breakers.get(url)) for url in runtime.endpoints
         ]
@@ -220,8 +247,23 @@ class ResilientTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self._in_flight += 1
+        tel = start_call(self._rt.name, request.method, self._inner)
         try:
-            return await self._handle(request)
+            response = await self._handle(request, tel)
+        except BaseException as exc:
+            report = report_of(exc)
+            if tel is not None:
+                tel.finished(report, request.url, exc)
+            elif report is not None:
+                log_call(report, request.url)
+            raise
+        else:
+            report = response.extensions.get("seawall")
+            if tel is not None:
+                tel.finished(report, request.url, None)
+            elif report is not None:
+                log_call(report, request.url)
+            return response
         finally:
             self._in_flight -= 1
             if self._closing and not self._in_flight:
@@ -229,7 +271,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 with anyio.CancelScope(shield=True):
                     await self._inner.aclose()
 
-    async def _handle(self, request: httpx.Request) -> httpx.Response:
+    async def _handle(self, request: httpx.Request, tel: CallTelemetry | None) -> httpx.Response:
         rt = self._rt
         clock = rt.clock
         start = clock.now()
@@ -307,6 +349,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     ep = endpoints[(next_endpoint + i) % n]
                     if ep.breaker is None:
                         chosen = ep
+                        next_endpoint = (next_endpoint + i + 1) % n
                         break
                     try:
                         permit = ep.breaker.acquire()
@@ -373,6 +416,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 target.extensions["seawall.resend_count"] = state.attempts - 1
             response: httpx.Response | None = None
             failure: BaseException | None = None
+            span = tel.attempt_started(target, state.attempts - 1) if tel is not None else None
             try:
                 if limit is None:
                     response = await self._send(target, streaming)
@@ -395,6 +439,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 failure = exc
             except BaseException:
                 # Cancelled by the caller: neutral for the breaker; the slot goes back.
+                if span is not None:
+                    span.end()
                 if token is not None:
                     bulkhead.release(token)  # type: ignore[union-attr]
                 if permit >= 0:
@@ -407,6 +453,15 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             # -- a response
             if response is not None:
                 status = response.status_code
+                if tel is not None:
+                    tel.attempt_ended(
+                        span,
+                        target,
+                        duration,
+                        Outcome.SUCCESS if status < 400 else Outcome.HTTP_ERROR,
+                        status,
+                        str(status) if status >= 400 else None,
+                    )
                 if permit >= 0:
                     breaker.record(  # type: ignore[union-attr]
                         permit,
@@ -436,6 +491,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 if isinstance(stop, str):
                     return await self._finish_response(state, response, True, stop)
                 state.retries.append(f"status_{status}")
+                if tel is not None:
+                    tel.retry(f"status_{status}", state.attempts, stop)
                 last_exc = None
                 if streaming:
                     # Its connection must go back now; a streamed body cannot be kept.
@@ -457,6 +514,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 outcome, reason, sent = Outcome.DEADLINE_EXCEEDED, "deadline", True
             else:
                 outcome, reason, sent = _classify(failure)
+            if tel is not None:
+                tel.attempt_ended(span, target, duration, outcome, None, type(failure).__qualname__)
             if outcome == Outcome.ERROR:
                 # Not an HTTP failure (a bug, an invalid URL): no retry, no fallback.
                 state.outcome = outcome
@@ -488,6 +547,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             if isinstance(stop, str):
                 return await self._fail(state, failure, outcome, stopped=stop)
             state.retries.append(reason)
+            if tel is not None:
+                tel.retry(reason, state.attempts, stop)
             await backoff_sleep(clock, stop)
 
     # -- helpers -------------------------------------------------------------------
@@ -618,12 +679,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         if answer is None and fallback.default is not None:
             default = fallback.default
             if isinstance(default, httpx.Response):
-                answer = httpx.Response(
-                    default.status_code,
-                    headers=default.headers,
-                    content=default.content,
-                    request=request,
-                )
+                answer = _unread(default, request)
             else:
                 if error is None:
                     assert response is not None
@@ -632,7 +688,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                         request=request,
                         response=response,
                     )
-                answer = default(request, error)
+                answer = _unread(default(request, error), request)
             state.fallback = "default"
         if answer is not None:
             answer.extensions["seawall"] = state.report()

@@ -1,0 +1,558 @@
+"""The telemetry engine: spans, metrics and log events, fed by the transport."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .._report import CallReport, Outcome
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .._breaker import Transition
+    from .._runtime import Runtime
+
+__all__ = [
+    "CallTelemetry",
+    "TelemetrySettings",
+    "configure",
+    "disable",
+    "log_call",
+    "settings",
+    "start_call",
+    "track",
+]
+
+_logger = structlog.get_logger("seawall")
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "off": 100}
+
+_FAILED = frozenset(
+    {
+        Outcome.HTTP_ERROR,
+        Outcome.TIMEOUT,
+        Outcome.TRANSPORT_ERROR,
+        Outcome.CONNECT_ERROR,
+        Outcome.RETRY_EXHAUSTED,
+        Outcome.CIRCUIT_OPEN,
+        Outcome.BULKHEAD_FULL,
+        Outcome.RATE_LIMITED,
+        Outcome.DEADLINE_EXCEEDED,
+        Outcome.OUTCOME_UNKNOWN,
+        Outcome.ERROR,
+    }
+)
+_REJECTIONS = frozenset({Outcome.CIRCUIT_OPEN, Outcome.BULKHEAD_FULL, Outcome.RATE_LIMITED})
+_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2, "forced_open": 3, "disabled": 0}
+
+# Query keys whose values never reach a span, a metric or a log (semconv's list
+# and the usual suspects).
+SENSITIVE_QUERY_KEYS = frozenset(
+    {
+        "awsaccesskeyid",
+        "signature",
+        "sig",
+        "x-goog-signature",
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "api_key",
+        "apikey",
+        "key",
+        "password",
+        "secret",
+        "client_secret",
+        "code",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TelemetrySettings:
+    """How seawall reports. ``None`` providers mean the global OpenTelemetry ones."""
+
+    enabled: bool = True
+    tracer_provider: trace.TracerProvider | None = None
+    meter_provider: metrics.MeterProvider | None = None
+    #: Log level of ``seawall.call`` for plain successes, and for failures and fallbacks.
+    success_log_level: Literal["debug", "info", "warning", "off"] = "debug"
+    failure_log_level: Literal["debug", "info", "warning", "off"] = "info"
+    #: Attempt (CLIENT) spans: "auto" adds them unless opentelemetry-instrumentation-httpx
+    #: already makes one per physical request on the inner transport.
+    attempt_spans: Literal["auto", "on", "off"] = "auto"
+
+
+_settings = TelemetrySettings()
+
+
+def settings() -> TelemetrySettings:
+    return _settings
+
+
+def configure(**changes: Any) -> TelemetrySettings:
+    """Change how seawall reports (process-wide); returns the previous settings.
+
+    Keywords are :class:`TelemetrySettings` fields, e.g.
+    ``configure(tracer_provider=provider, success_log_level="off")``.
+    """
+    global _settings
+    previous = _settings
+    _settings = replace(_settings, **changes)
+    _engine.reset()
+    return previous
+
+
+def disable() -> TelemetrySettings:
+    """Turn every span, metric and log event of seawall off; returns the previous settings."""
+    return configure(enabled=False)
+
+
+def redact_url(url: httpx.URL) -> str:
+    """``url.full`` for telemetry: no credentials, no sensitive query values."""
+    if url.userinfo:
+        url = url.copy_with(username=None, password=None)
+    if url.query:
+        params = [
+            (k, "REDACTED" if k.lower() in SENSITIVE_QUERY_KEYS else v)
+            for k, v in url.params.multi_items()
+        ]
+        url = url.copy_with(params=params)
+    return str(url)
+
+
+def _provider_set(module: Any, attr: str) -> bool:
+    # The OTel API keeps the global provider in a module global; None until an
+    # SDK (or anything) is installed. Checking it costs a dict lookup, where
+    # get_tracer_provider() costs most of a microsecond.
+    return getattr(module, attr, None) is not None
+
+
+class _Engine:
+    """Lazily built tracer, meter and instruments, rebuilt when settings change."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._tracer: trace.Tracer | None = None
+        self._meter_ready = False
+        self._attrs: dict[tuple[object, ...], dict[str, Any]] = {}
+
+    # -- providers -----------------------------------------------------------------
+
+    def tracer(self) -> trace.Tracer | None:
+        s = _settings
+        if not s.enabled:
+            return None
+        if self._tracer is not None:
+            return self._tracer
+        if s.tracer_provider is None and not _provider_set(trace, "_TRACER_PROVIDER"):
+            return None
+        provider = s.tracer_provider or trace.get_tracer_provider()
+        self._tracer = provider.get_tracer("seawall")
+        return self._tracer
+
+    def meter_ready(self) -> bool:
+        s = _settings
+        if not s.enabled:
+            return False
+        if self._meter_ready:
+            return True
+        from opentelemetry.metrics import _internal as metrics_internal
+
+        if s.meter_provider is None and not _provider_set(metrics_internal, "_METER_PROVIDER"):
+            return False
+        provider = s.meter_provider or metrics.get_meter_provider()
+        meter = provider.get_meter("seawall")
+        self.attempt_duration = meter.create_histogram(
+            "http.client.request.duration",
+            unit="s",
+            description="Duration of HTTP client requests (one per physical attempt).",
+        )
+        self.call_duration = meter.create_histogram(
+            "seawall.call.duration",
+            unit="s",
+            description="Duration of logical calls through seawall, retries and waits included.",
+        )
+        self.calls = meter.create_counter(
+            "seawall.calls", unit="{call}", description="Logical calls by outcome."
+        )
+        self.retries = meter.create_counter(
+            "seawall.retries", unit="{retry}", description="Retries by reason."
+        )
+        self.rejections = meter.create_counter(
+            "seawall.rejections",
+            unit="{call}",
+            description="Calls refused before anything was sent, by reason.",
+        )
+        meter.create_observable_gauge(
+            "seawall.breaker.state",
+            callbacks=[_observe_breaker_state],
+            description="Breaker state: 0 closed, 1 half-open, 2 open, 3 forced open.",
+        )
+        meter.create_observable_gauge(
+            "seawall.breaker.failure_rate",
+            callbacks=[_observe_failure_rate],
+            unit="1",
+            description="Failure rate over the breaker's window (absent until minimum_calls).",
+        )
+        meter.create_observable_gauge(
+            "seawall.bulkhead.in_use",
+            callbacks=[_observe_bulkhead_in_use],
+            description="Bulkhead slots in use.",
+        )
+        meter.create_observable_gauge(
+            "seawall.bulkhead.limit",
+            callbacks=[_observe_bulkhead_limit],
+            description="Bulkhead size.",
+        )
+        meter.create_observable_gauge(
+            "seawall.pool.connections",
+            callbacks=[_observe_pool],
+            description="Open connections in the dependency's pool, by state (idle, active).",
+        )
+        self._meter_ready = True
+        return True
+
+    def attrs(self, *key: object) -> dict[str, Any]:
+        """A cached attribute mapping: per-call dicts cost more than the lookup."""
+        found = self._attrs.get(key)
+        if found is None:
+            found = self._attrs[key] = _build_attrs(key)
+        return found
+
+
+def _build_attrs(key: tuple[object, ...]) -> dict[str, Any]:
+    kind = key[0]
+    if kind == "call":
+        _, dependency, outcome = key
+        return {"seawall.dependency": dependency, "seawall.outcome": outcome}
+    if kind == "attempt":
+        _, dependency, outcome, method, host, port, status, error = key
+        attrs: dict[str, Any] = {
+            "seawall.dependency": dependency,
+            "seawall.outcome": outcome,
+            "http.request.method": method,
+            "server.address": host,
+            "server.port": port,
+        }
+        if status is not None:
+            attrs["http.response.status_code"] = status
+        if error is not None:
+            attrs["error.type"] = error
+        return attrs
+    _, dependency, reason = key
+    return {"seawall.dependency": dependency, "seawall.reason": reason}
+
+
+_engine = _Engine()
+
+# -- observable gauges over the live runtimes ---------------------------------------------
+
+_live: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+def track(runtime: Runtime) -> None:
+    """Called by each Runtime when built, so gauges can observe it."""
+    _live.add(runtime)
+    if runtime.breaker is not None:
+        runtime.breaker.on_transition(on_transition)
+    for breaker in runtime.endpoint_breakers.values():
+        breaker.on_transition(on_transition)
+
+
+def _breakers(rt: Runtime) -> Iterable[tuple[dict[str, str], Any]]:
+    if rt.breaker is not None:
+        yield {"seawall.dependency": rt.name}, rt.breaker
+    for url, b in rt.endpoint_breakers.items():
+        yield {"seawall.dependency": rt.name, "seawall.endpoint": url}, b
+
+
+def _observe_breaker_state(options: CallbackOptions) -> Iterable[Observation]:
+    for rt in list(_live):
+        for attrs, b in _breakers(rt):
+            yield Observation(_STATE_VALUE[b.state.value], attrs)
+
+
+def _observe_failure_rate(options: CallbackOptions) -> Iterable[Observation]:
+    for rt in list(_live):
+        for attrs, b in _breakers(rt):
+            rate = b.statistics().failure_rate
+            if rate is not None:
+                yield Observation(rate, attrs)
+
+
+def _observe_bulkhead_in_use(options: CallbackOptions) -> Iterable[Observation]:
+    for rt in list(_live):
+        if rt.bulkhead is not None:
+            yield Observation(rt.bulkhead.statistics().in_use, {"seawall.dependency": rt.name})
+
+
+def _observe_bulkhead_limit(options: CallbackOptions) -> Iterable[Observation]:
+    for rt in list(_live):
+        if rt.bulkhead is not None:
+            yield Observation(rt.bulkhead.config.max_concurrent, {"seawall.dependency": rt.name})
+
+
+def _observe_pool(options: CallbackOptions) -> Iterable[Observation]:
+    for rt in list(_live):
+        for transport in list(rt.transports):
+            stats = transport.pool_statistics()
+            if "connections" in stats:
+                idle = stats["idle"]
+                yield Observation(idle, {"seawall.dependency": rt.name, "state": "idle"})
+                yield Observation(
+                    stats["connections"] - idle, {"seawall.dependency": rt.name, "state": "active"}
+                )
+
+
+# -- breaker transitions ----------------------------------------------------------------------
+
+
+def on_transition(event: Transition) -> None:
+    if not _settings.enabled:
+        return
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(
+            "seawall.breaker.transition",
+            {
+                "seawall.dependency": event.dependency,
+                "seawall.breaker.from": event.from_state.value,
+                "seawall.breaker.to": event.to_state.value,
+                "seawall.breaker.reason": event.reason,
+            },
+        )
+    _logger.warning(
+        "seawall.breaker.transition",
+        dependency=event.dependency,
+        endpoint=event.endpoint,
+        from_state=event.from_state.value,
+        to_state=event.to_state.value,
+        reason=event.reason,
+        open_for=event.open_for,
+        **_trace_ids(span),
+    )
+
+
+def _trace_ids(span: trace.Span) -> dict[str, str]:
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return {}
+    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
+
+
+# -- per call -----------------------------------------------------------------------------------
+
+
+def _instrumented(inner: object) -> bool:
+    """Whether opentelemetry-instrumentation-httpx already spans the inner transport's requests."""
+    if type(inner).__name__ == "AsyncOpenTelemetryTransport":
+        return True
+    method = getattr(type(inner), "handle_async_request", None)
+    if hasattr(method, "__wrapped__"):
+        return True
+    return hasattr(getattr(inner, "__dict__", {}).get("handle_async_request"), "__wrapped__")
+
+
+class CallTelemetry:
+    """The telemetry of one logical call: its span, its attempts, its end."""
+
+    __slots__ = ("_attempt_spans", "_dependency", "_metrics", "_span", "_token", "_tracer")
+
+    def __init__(
+        self, tracer: trace.Tracer | None, dependency: str, method: str, inner: object
+    ) -> None:
+        self._tracer = tracer
+        self._dependency = dependency
+        self._metrics = _engine.meter_ready()
+        self._span: trace.Span | None = None
+        self._token: object | None = None
+        s = _settings
+        self._attempt_spans = tracer is not None and (
+            s.attempt_spans == "on" or (s.attempt_spans == "auto" and not _instrumented(inner))
+        )
+        if tracer is not None:
+            self._span = tracer.start_span(
+                f"seawall {dependency} {method}",
+                kind=SpanKind.INTERNAL,
+                attributes={"seawall.dependency": dependency, "http.request.method": method},
+            )
+            # The call span is current for the attempts (and for an httpx
+            # instrumentation's spans under it).
+            self._token = otel_context.attach(trace.set_span_in_context(self._span))
+
+    # attempts
+
+    def attempt_started(self, request: httpx.Request, resend_count: int) -> trace.Span | None:
+        if not self._attempt_spans:
+            if self._span is not None:
+                propagate.inject(request.headers)
+            return None
+        url = request.url
+        attrs: dict[str, Any] = {
+            "http.request.method": request.method,
+            "server.address": url.host,
+            "server.port": url.port or (443 if url.scheme == "https" else 80),
+            "url.full": redact_url(url),
+        }
+        if resend_count:
+            attrs["http.request.resend_count"] = resend_count
+        span = self._tracer.start_span(request.method, kind=SpanKind.CLIENT, attributes=attrs)  # type: ignore[union-attr]
+        propagate.inject(request.headers, context=trace.set_span_in_context(span))
+        return span
+
+    def attempt_ended(
+        self,
+        span: trace.Span | None,
+        request: httpx.Request,
+        duration: float,
+        outcome: str,
+        status: int | None,
+        error: str | None,
+    ) -> None:
+        if span is not None:
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+            if error is not None:
+                span.set_attribute("error.type", error)
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+        if self._metrics:
+            url = request.url
+            _engine.attempt_duration.record(
+                duration,
+                _engine.attrs(
+                    "attempt",
+                    self._dependency,
+                    outcome,
+                    request.method,
+                    url.host,
+                    url.port or (443 if url.scheme == "https" else 80),
+                    status,
+                    error,
+                ),
+            )
+
+    def retry(self, reason: str, attempt: int, delay: float) -> None:
+        if self._span is not None:
+            self._span.add_event(
+                "seawall.retry",
+                {
+                    "seawall.retry.reason": reason,
+                    "seawall.attempt": attempt,
+                    "seawall.retry.delay": delay,
+                },
+            )
+        if self._metrics:
+            _engine.retries.add(1, _engine.attrs("reason", self._dependency, reason))
+
+    # the end
+
+    def finished(
+        self, report: CallReport | None, url: httpx.URL, error: BaseException | None
+    ) -> None:
+        span = self._span
+        if self._token is not None:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
+        outcome = report.outcome if report is not None else Outcome.CANCELLED
+        if self._metrics and report is not None:
+            _engine.calls.add(1, _engine.attrs("call", self._dependency, outcome))
+            _engine.call_duration.record(
+                report.elapsed, _engine.attrs("call", self._dependency, outcome)
+            )
+            if outcome in _REJECTIONS:
+                _engine.rejections.add(1, _engine.attrs("reason", self._dependency, outcome))
+        if span is not None:
+            if report is not None:
+                span.set_attributes(_span_attributes(report))
+                if outcome in _REJECTIONS:
+                    span.add_event("seawall.rejected", {"seawall.reason": outcome})
+                if outcome in _FAILED:
+                    span.set_attribute("error.type", outcome)
+                    if report.fallback is None:
+                        span.set_status(Status(StatusCode.ERROR, outcome))
+            else:
+                span.set_attribute("seawall.outcome", Outcome.CANCELLED)
+            if error is not None and report is not None and report.fallback is None:
+                span.record_exception(error)
+            span.end()
+        if report is not None:
+            log_call(report, url, span)
+
+
+def _span_attributes(report: CallReport) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "seawall.outcome": report.outcome,
+        "seawall.attempts": report.attempts,
+        "seawall.bulkhead.wait": report.bulkhead_wait,
+    }
+    if report.endpoint is not None:
+        attrs["seawall.endpoint"] = report.endpoint
+    if report.retries:
+        attrs["seawall.retry.reasons"] = list(report.retries)
+    if report.retry_stopped is not None:
+        attrs["seawall.retry.stopped"] = report.retry_stopped
+    if report.breaker_state_before is not None:
+        attrs["seawall.breaker.state_before"] = report.breaker_state_before
+    if report.breaker_state is not None:
+        attrs["seawall.breaker.state"] = report.breaker_state
+    if report.fallback is not None:
+        attrs["seawall.fallback"] = report.fallback
+    if report.deadline_remaining is not None:
+        attrs["seawall.deadline.remaining"] = report.deadline_remaining
+    if report.status_code is not None:
+        attrs["http.response.status_code"] = report.status_code
+    t = report.timeouts
+    if t is not None:
+        for phase in ("connect", "read", "write", "pool", "attempt", "total"):
+            value = getattr(t, phase)
+            if value is not None:
+                attrs[f"seawall.timeout.{phase}"] = float(value)
+    return attrs
+
+
+def log_call(report: CallReport, url: httpx.URL, span: trace.Span | None = None) -> None:
+    """The ``seawall.call`` event. Plain successes are logged only once the app has
+    configured structlog: an unconfigured structlog prints every level to stdout,
+    and a line per outbound call is not a library's to impose."""
+    s = _settings
+    if not s.enabled:
+        return
+    failed = report.outcome in _FAILED or report.fallback is not None
+    level = _LEVELS[s.failure_log_level if failed else s.success_log_level]
+    if level >= 100 or (not failed and not structlog.is_configured()):
+        return
+    fields = report.as_dict()
+    timeouts = fields.pop("timeouts") or {}
+    for phase, value in timeouts.items():
+        fields[f"timeout_{phase}"] = value
+    fields["url"] = redact_url(url)
+    if span is not None:
+        fields.update(_trace_ids(span))
+    _logger.log(level, "seawall.call", **fields)
+
+
+def start_call(dependency: str, method: str, inner: object) -> CallTelemetry | None:
+    """The span and metrics of a new call, or None when neither is configured
+    (then only :func:`log_call` runs at the end)."""
+    if not _settings.enabled:
+        return None
+    tracer = _engine.tracer()
+    if tracer is None and not _engine.meter_ready():
+        return None
+    return CallTelemetry(tracer, dependency, method, inner)
