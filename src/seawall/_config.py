@@ -587,6 +587,8 @@ def _build(cls: type, data: object, path: str, problems: list[str], *, optional:
     for f in fields(cls):
         if f.default is MISSING and f.default_factory is MISSING and f.name not in data:
             problems.append(f"{path}.{f.name}: must be set, got nothing")
+            if (cls, f.name) not in _PLACEHOLDERS:
+                return None
             kwargs[f.name] = _PLACEHOLDERS[cls, f.name]
     try:
         built = cls(**kwargs)
