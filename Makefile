@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,otel,fastapi,litestar]'
+	$(PY) -m pip install --quiet -e '.[dev,otel,fastapi,litestar,demo]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -75,5 +75,7 @@ class RateLimiter:
         try:
             await self._clock.sleep(wait)
         except BaseException:
-            self._tokens += 1.0  # cancelled: the token was never used
+            # Cancelled: the token was never used. Refill first and cap: a
+            # sleep that returned late may find the bucket already full again.
+            self._tokens = min(self._capacity, self._refill() + 1.0)
             raise

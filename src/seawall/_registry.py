@@ -263,10 +263,18 @@ class Registry:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close every client's connection pool."""
+        """Close every client's connection pool.
+
+        The clients of registered dependencies keep working: only their pools
+        are closed, so handles stay valid and a registry entered again (a
+        second lifespan, a second test client) opens connections on demand.
+        Clients retired by ``reload()`` are closed for good.
+        """
         self._open = False
-        clients = [d.client for d in self._deps.values() if d.client is not None]
-        for client in [*clients, *self._retired]:
+        for dep in self._deps.values():
+            if dep.client is not None:
+                await dep.client.resilient_transport.aclose()
+        for client in self._retired:
             await client.aclose()
         self._retired.clear()
 

@@ -4,6 +4,10 @@
 * :func:`disable_waits`: backoff and Retry-After waits become no-ops.
 * :class:`FaultyUpstream` and :class:`Fault`: a real HTTP server on loopback
   that injects faults on demand and logs what it received.
+* :func:`force_open`, :func:`force_closed`: drive breakers by hand.
+* :func:`assert_report`: assert on a call's CallReport.
+* a pytest plugin with the fixtures ``seawall_clock``, ``faulty_upstream`` and
+  ``seawall_no_waits``.
 """
 
 from __future__ import annotations
@@ -16,9 +20,19 @@ from .._clock import set_waits_disabled
 from ._clock import ManualClock
 
 if TYPE_CHECKING:
+    from ._helpers import assert_report, force_closed, force_open
     from ._upstream import Fault, FaultyUpstream, RecordedRequest
 
-__all__ = ["Fault", "FaultyUpstream", "ManualClock", "RecordedRequest", "disable_waits"]
+__all__ = [
+    "Fault",
+    "FaultyUpstream",
+    "ManualClock",
+    "RecordedRequest",
+    "assert_report",
+    "disable_waits",
+    "force_closed",
+    "force_open",
+]
 
 
 @contextmanager
@@ -37,9 +51,14 @@ def disable_waits() -> Iterator[None]:
 
 
 def __getattr__(name: str) -> Any:
-    # The server pulls in h11 and threading: load it only when asked for.
+    # The server pulls in h11 and threading, the helpers the HTTP client: load
+    # them only when asked for.
     if name in ("Fault", "FaultyUpstream", "RecordedRequest"):
         from . import _upstream
 
         return getattr(_upstream, name)
+    if name in ("assert_report", "force_closed", "force_open"):
+        from . import _helpers
+
+        return getattr(_helpers, name)
     raise AttributeError(f"module 'seawall.testing' has no attribute {name!r}")

@@ -1,0 +1,60 @@
+"""``seawall`` on the command line: ``seawall demo`` (or ``python -m seawall demo``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="seawall", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo",
+        help="the storm, live: the same app through plain httpx and through seawall",
+        description="Run a scripted storm on a payments dependency against the same shop app "
+        "twice, side by side: once through a shared httpx.AsyncClient, once through seawall.",
+    )
+    demo.add_argument("--duration", type=float, default=40.0, help="seconds per run (default 40)")
+    demo.add_argument("--scenario", default="storm", help="storm (default), hang or outage")
+    demo.add_argument("--pay-clients", type=int, default=100, help="concurrent /pay clients")
+    demo.add_argument("--catalog-clients", type=int, default=10, help="concurrent /catalog clients")
+    demo.add_argument(
+        "--think", type=float, default=1.0, help="seconds each client waits between requests"
+    )
+    demo.add_argument(
+        "--port", type=int, default=0, help="first of two ports for the apps (default: free ports)"
+    )
+    demo.add_argument(
+        "--otlp-endpoint",
+        default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        help="send the seawall app's traces to this OTLP/HTTP endpoint (e.g. Jaeger's http://localhost:4318)",
+    )
+    demo.add_argument("--json", action="store_true", help="print only the summary, as JSON")
+    args = parser.parse_args(argv)
+
+    try:
+        import rich  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        print(f"seawall demo needs {exc.name}: pip install 'seawall[demo]'", file=sys.stderr)
+        return 2
+    from ._demo.runner import Settings, run_demo
+
+    return run_demo(
+        Settings(
+            duration=args.duration,
+            scenario=args.scenario,
+            pay_clients=args.pay_clients,
+            catalog_clients=args.catalog_clients,
+            think=args.think,
+            base_port=args.port,
+            otlp_endpoint=args.otlp_endpoint,
+            json_only=args.json,
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

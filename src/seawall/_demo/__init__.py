@@ -1,0 +1,1 @@
+"""``seawall demo``: the storm, live. See :mod:`seawall._demo.runner`."""

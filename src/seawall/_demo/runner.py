@@ -1,0 +1,386 @@
+"""The storm, live: the same shop app through plain httpx and through seawall.
+
+Everything runs on loopback: two fault-injecting upstreams (one per variant,
+scripted identically) in this process, the two app variants as uvicorn child
+processes, and a traffic generator here. The payments dependency goes
+through a scripted storm while the terminal shows each variant's routes and
+dependencies live; a summary compares the two runs at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+
+from seawall.testing import Fault, FaultyUpstream
+
+VARIANTS = ("plain", "seawall")
+ROUTES = ("/catalog", "/pay")
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    share: float  # of the run's duration
+    payments: Fault
+
+
+SCENARIOS: dict[str, tuple[Phase, ...]] = {
+    "storm": (
+        Phase("healthy", 0.2, Fault.ok()),
+        Phase("payments slow (10 s)", 0.35, Fault.latency(10.0)),
+        Phase("payments failing (500)", 0.2, Fault.error(500)),
+        Phase("payments recovered", 0.25, Fault.ok()),
+    ),
+    "hang": (
+        Phase("healthy", 0.25, Fault.ok()),
+        Phase("payments hung", 0.5, Fault.hang()),
+        Phase("payments recovered", 0.25, Fault.ok()),
+    ),
+    "outage": (
+        Phase("healthy", 0.25, Fault.ok()),
+        Phase("payments failing (500)", 0.5, Fault.error(500)),
+        Phase("payments recovered", 0.25, Fault.ok()),
+    ),
+}
+
+
+@dataclass
+class RouteStats:
+    samples: list[tuple[float, float, str]] = field(default_factory=list)  # (end, seconds, status)
+
+    def add(self, end: float, seconds: float, status: str) -> None:
+        self.samples.append((end, seconds, status))
+
+    def window(self, since: float) -> list[tuple[float, float, str]]:
+        return [s for s in self.samples if s[0] >= since]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of *values*; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summarize(samples: list[tuple[float, float, str]]) -> dict[str, Any]:
+    latencies = [s[1] for s in samples]
+    statuses = Counter(s[2] for s in samples)
+    errors = sum(n for status, n in statuses.items() if not status.startswith("2"))
+    return {
+        "requests": len(samples),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 1),
+        "errors": errors,
+        "statuses": dict(sorted(statuses.items())),
+    }
+
+
+class DemoError(Exception):
+    """A failure to start the demo, with a message for the terminal."""
+
+
+class _App:
+    """One app variant in a child process."""
+
+    def __init__(self, variant: str, upstream: str, port: int, env: dict[str, str]) -> None:
+        self.variant = variant
+        # stderr to a file, not a pipe: an unread pipe fills up and blocks the child.
+        self.errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "seawall._demo.serve", variant, upstream, str(port)],
+            stdout=subprocess.PIPE,
+            stderr=self.errors,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        line = self.proc.stdout.readline().strip() if self.proc.stdout else ""
+        if not line.startswith("READY "):
+            self.proc.wait(timeout=10)
+            self.errors.seek(0)
+            err = self.errors.read()
+            self.stop()
+            raise DemoError(
+                f"the {variant} app did not start: {line.removeprefix('ERROR ') or err.strip()[-500:]}"
+            )
+        self.url = f"http://127.0.0.1:{line.split()[1]}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.errors.close()
+
+
+@dataclass
+class Settings:
+    duration: float = 40.0
+    scenario: str = "storm"
+    pay_clients: int = 100
+    catalog_clients: int = 10
+    think: float = 1.0
+    request_timeout: float = 15.0
+    base_port: int = 0
+    otlp_endpoint: str | None = None
+    json_only: bool = False
+
+
+class Demo:
+    def __init__(self, settings: Settings) -> None:
+        if settings.scenario not in SCENARIOS:
+            raise DemoError(
+                f"unknown scenario {settings.scenario!r} (choose from {', '.join(SCENARIOS)})"
+            )
+        if not settings.duration > 0:
+            raise DemoError(f"--duration must be > 0, got {settings.duration!r}")
+        self.s = settings
+        self.phases = SCENARIOS[settings.scenario]
+        self.upstreams: dict[str, FaultyUpstream] = {}
+        self.apps: dict[str, _App] = {}
+        self.stats = {v: {r: RouteStats() for r in ROUTES} for v in VARIANTS}
+        self.deps: dict[str, dict[str, Any]] = {v: {} for v in VARIANTS}
+        self.phase = ""
+        self.started = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        if self.s.otlp_endpoint:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.s.otlp_endpoint
+        for i, variant in enumerate(VARIANTS):
+            upstream = FaultyUpstream()
+            upstream.start()
+            self.upstreams[variant] = upstream
+            port = self.s.base_port + i if self.s.base_port else 0
+            self.apps[variant] = _App(variant, upstream.url, port, env)
+
+    def stop(self) -> None:
+        for app in self.apps.values():
+            app.stop()
+        for upstream in self.upstreams.values():
+            upstream.stop()
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def set_payments(self, fault: Fault) -> None:
+        for upstream in self.upstreams.values():
+            upstream.route("/charges", fault)
+
+    async def run(self) -> dict[str, Any]:
+        self.set_payments(Fault.ok())
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+        async with httpx.AsyncClient(limits=limits, timeout=self.s.request_timeout) as client:
+            # Warm up: the catalog fallback needs one good response to serve stale.
+            for variant in VARIANTS:
+                await client.get(self.apps[variant].url + "/catalog")
+            self.started = time.monotonic()
+            end = self.started + self.s.duration
+            async with anyio.create_task_group() as tg:
+                for variant in VARIANTS:
+                    for route, n in (
+                        ("/pay", self.s.pay_clients),
+                        ("/catalog", self.s.catalog_clients),
+                    ):
+                        for i in range(n):
+                            tg.start_soon(self._worker, client, variant, route, end, i)
+                    tg.start_soon(self._poll_stats, client, variant, end)
+                if not self.s.json_only:
+                    tg.start_soon(self._display, end)
+                await self._script(end)
+            for variant in VARIANTS:
+                await self._fetch_stats(client, variant)
+        return self.summary()
+
+    async def _script(self, end: float) -> None:
+        at = self.started
+        for phase in self.phases:
+            self.phase = phase.name
+            self.set_payments(phase.payments)
+            at += phase.share * self.s.duration
+            await anyio.sleep(max(0.0, min(at, end) - time.monotonic()))
+        self.phase = "done"
+
+    async def _worker(
+        self, client: httpx.AsyncClient, variant: str, route: str, end: float, i: int
+    ) -> None:
+        url = self.apps[variant].url + route
+        stats = self.stats[variant][route]
+        # Spread the clients' first requests over one think time.
+        await anyio.sleep(self.s.think * i / max(1, self.s.pay_clients))
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            try:
+                if route == "/pay":
+                    response = await client.post(url)
+                else:
+                    response = await client.get(url)
+                status = str(response.status_code)
+            except httpx.TimeoutException:
+                status = "timeout"
+            except httpx.HTTPError:
+                status = "error"
+            t1 = time.monotonic()
+            stats.add(t1, t1 - t0, status)
+            await anyio.sleep(self.s.think)
+
+    async def _fetch_stats(self, client: httpx.AsyncClient, variant: str) -> None:
+        try:
+            response = await client.get(self.apps[variant].url + "/_stats", timeout=2.0)
+            self.deps[variant] = response.json()["dependencies"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+
+    async def _poll_stats(self, client: httpx.AsyncClient, variant: str, end: float) -> None:
+        while time.monotonic() < end:
+            await self._fetch_stats(client, variant)
+            await anyio.sleep(0.5)
+
+    # -- output ---------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        runs: dict[str, Any] = {}
+        for variant in VARIANTS:
+            deps = {
+                name: {"outcomes": dict(sorted(d.get("outcomes", {}).items()))}
+                | ({"retries": d["retries"], "fallbacks": d["fallbacks"]} if "retries" in d else {})
+                for name, d in sorted(self.deps[variant].items())
+            }
+            runs[variant] = {
+                "routes": {r: summarize(self.stats[variant][r].samples) for r in ROUTES},
+                "dependencies": deps,
+            }
+        return {
+            "scenario": self.s.scenario,
+            "duration_s": self.s.duration,
+            "clients": {"/pay": self.s.pay_clients, "/catalog": self.s.catalog_clients},
+            "runs": runs,
+        }
+
+    def _live_table(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        now = time.monotonic()
+        left = max(0.0, self.started + self.s.duration - now)
+        title = Text.assemble(
+            ("seawall demo", "bold"),
+            f"  scenario {self.s.scenario}  ·  phase: ",
+            (self.phase, "bold yellow"),
+            f"  ·  {left:4.1f} s left",
+        )
+        routes = Table(title="routes (last 5 s)", expand=True)
+        for col in ("variant", "route", "req/s", "p50 ms", "p99 ms", "errors"):
+            routes.add_column(col, justify="right" if col not in ("variant", "route") else "left")
+        for variant in VARIANTS:
+            for route in ROUTES:
+                recent = self.stats[variant][route].window(now - 5.0)
+                s = summarize(recent)
+                rate = len(recent) / 5.0
+                err = f"{100 * s['errors'] / s['requests']:.0f} %" if s["requests"] else "-"
+                style = "red" if s["requests"] and s["errors"] / s["requests"] > 0.05 else ""
+                routes.add_row(
+                    variant,
+                    route,
+                    f"{rate:.0f}",
+                    f"{s['p50_ms']:.0f}",
+                    f"{s['p99_ms']:.0f}",
+                    Text(err, style=style),
+                )
+        deps = Table(title="seawall's dependencies", expand=True)
+        for col in ("dependency", "breaker", "bulkhead in use", "retries", "fallbacks", "outcomes"):
+            deps.add_column(col)
+        for name, d in sorted(self.deps["seawall"].items()):
+            state = d.get("breaker") or "-"
+            colour = {"closed": "green", "half_open": "yellow"}.get(state, "red")
+            outcomes = ", ".join(f"{k} {v}" for k, v in sorted(d.get("outcomes", {}).items()))
+            deps.add_row(
+                name,
+                Text(state, style=colour),
+                str(d.get("bulkhead_in_use", "-")),
+                str(d.get("retries", 0)),
+                str(d.get("fallbacks", 0)),
+                outcomes,
+            )
+        return Group(title, routes, deps)
+
+    async def _display(self, end: float) -> None:
+        from rich.live import Live
+
+        with Live(self._live_table(), refresh_per_second=4, transient=False) as live:
+            while time.monotonic() < end:
+                await anyio.sleep(0.25)
+                live.update(self._live_table())
+
+    def print_summary(self, summary: dict[str, Any]) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        console.print()
+        table = Table(
+            title=f"summary: scenario {summary['scenario']}, {summary['duration_s']:g} s per run, both runs side by side"
+        )
+        for col in ("variant", "route", "requests", "p50 ms", "p99 ms", "errors", "statuses"):
+            table.add_column(col)
+        for variant in VARIANTS:
+            for route in ROUTES:
+                r = summary["runs"][variant]["routes"][route]
+                table.add_row(
+                    variant,
+                    route,
+                    str(r["requests"]),
+                    f"{r['p50_ms']:.0f}",
+                    f"{r['p99_ms']:.0f}",
+                    str(r["errors"]),
+                    ", ".join(f"{k}: {v}" for k, v in r["statuses"].items()),
+                )
+        console.print(table)
+        plain = summary["runs"]["plain"]["routes"]["/catalog"]
+        ours = summary["runs"]["seawall"]["routes"]["/catalog"]
+        console.print(
+            f"/catalog while payments stormed: p99 {plain['p99_ms']:.0f} ms and {plain['errors']} errors "
+            f"with a shared httpx client; p99 {ours['p99_ms']:.0f} ms and {ours['errors']} errors with seawall."
+        )
+
+
+def run_demo(settings: Settings) -> int:
+    """Run the demo; returns the process exit status."""
+    demo = Demo(settings)
+    try:
+        demo.start()
+        summary = anyio.run(demo.run)
+    except DemoError as exc:
+        print(f"seawall demo: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nseawall demo: interrupted, stopping", file=sys.stderr)
+        return 130
+    finally:
+        demo.stop()
+    if settings.json_only:
+        print(json.dumps(summary, indent=2))
+    else:
+        demo.print_summary(summary)
+    return 0
