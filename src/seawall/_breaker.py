@@ -225,6 +225,7 @@ class Breaker:
         "_half_open_issued",
         "_half_open_slow",
         "_listeners",
+        "_messages",
         "_open_for",
         "_opened_at",
         "_slow_after",
@@ -263,6 +264,12 @@ class Breaker:
         self._half_open_failures = 0
         self._half_open_slow = 0
         self._listeners: list[Callable[[Transition], object]] = []
+        # Rejections are the hot path of an outage: their messages are built once.
+        where = f" ({endpoint})" if endpoint else ""
+        self._messages = {
+            state: f"circuit breaker of {dependency!r}{where} is {state.value}"
+            for state in BreakerState
+        }
 
     def __repr__(self) -> str:
         where = f" endpoint={self.endpoint!r}" if self.endpoint else ""
@@ -353,8 +360,11 @@ class Breaker:
         if state is CLOSED or state is DISABLED:
             return self._gen
         if state is OPEN:
-            if self._clock.now() < self._opened_at + self._open_for:
-                raise self._rejection()
+            left = self._opened_at + self._open_for - self._clock.now()
+            if left > 0:
+                raise CircuitOpenError(
+                    self._messages[OPEN], dependency=self.dependency, retry_after=left
+                )
             self._transition(HALF_OPEN, "open_duration_elapsed")
         elif state is FORCED_OPEN:
             raise self._rejection()
@@ -411,16 +421,9 @@ class Breaker:
     # -- internals -------------------------------------------------------------
 
     def _rejection(self) -> CircuitOpenError:
-        retry_after = (
-            max(0.0, self._opened_at + self._open_for - self._clock.now())
-            if self._state is OPEN
-            else None
-        )
-        where = f" ({self.endpoint})" if self.endpoint else ""
+        # OPEN rejects in acquire() itself, with the time left it computed there.
         return CircuitOpenError(
-            f"circuit breaker of {self.dependency!r}{where} is {self._state.value}",
-            dependency=self.dependency,
-            retry_after=retry_after,
+            self._messages[self._state], dependency=self.dependency, retry_after=None
         )
 
     def _open(self, reason: str) -> None:

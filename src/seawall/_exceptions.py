@@ -83,7 +83,10 @@ class RejectedError(SeawallError):
         retry_after: float | None = None,
         report: CallReport | None = None,
     ) -> None:
-        super().__init__(message, dependency=dependency, report=report)
+        # No super().__init__ chain: rejections are raised by the thousand during
+        # an outage, and BaseException.__new__ has already stored ``args``.
+        self.dependency = dependency
+        self.report = report
         #: Seconds after which a new call may be admitted, when known.
         self.retry_after = retry_after
 
