@@ -378,7 +378,10 @@ class Guard:
         rt = self._rt
         swallowed = False
         if entry.scope is not None:
-            swallowed = bool(entry.scope.__exit__(exc_type, exc, tb))
+            # Not __exit__'s return value: trio's is True whenever no exception
+            # came through, which would turn every finished block into a cut.
+            entry.scope.__exit__(exc_type, exc, tb)
+            swallowed = entry.scope.cancelled_caught
         if entry.token is not None:
             rt.bulkhead.release(entry.token)  # type: ignore[union-attr]
         duration = rt.clock.now() - entry.start
