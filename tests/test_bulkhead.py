@@ -143,7 +143,7 @@ async def test_guard_with_a_full_bulkhead_fails_fast_and_never_calls() -> None:
     assert calls == 0
     report = info.value.report
     assert report is not None
-    assert (report.outcome, report.attempts, report.dependency) == ("bulkhead_full", 1, "db")
+    assert (report.outcome, report.attempts, report.dependency) == ("bulkhead_full", 0, "db")
     assert seawall.report_of(info.value) is report
     assert g.breaker is not None
     assert g.breaker.statistics().calls == 2  # the rejection is no breaker outcome

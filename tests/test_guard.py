@@ -704,7 +704,8 @@ async def test_rejection_errors_carry_dependency_reason_and_report() -> None:
     assert seawall.report_of(error) is error.report
     assert error.report.outcome == "circuit_open"
     assert error.report.breaker_state == "open"
-    assert error.report.attempts == 1
+    # attempts counts attempts that ran; a refused one sent nothing
+    assert error.report.attempts == 0
 
 
 async def test_report_of_foreign_errors() -> None:

@@ -38,13 +38,20 @@ class BulkheadHandle:
     ``guard(...).bulkhead``.
     """
 
-    __slots__ = ("_limiter", "_max_wait", "config", "dependency")
+    __slots__ = ("_in_use", "_limit", "_limiter", "_max_wait", "_message", "config", "dependency")
 
     def __init__(self, config: Bulkhead, *, dependency: str) -> None:
         self.config = config
         self.dependency = dependency
         self._max_wait = config.max_wait
         self._limiter = anyio.CapacityLimiter(config.max_concurrent)
+        # Our own count of slots handed out: a full bulkhead refuses without
+        # touching the limiter (the hot path of an outage).
+        self._in_use = 0
+        self._limit = config.max_concurrent
+        self._message = (
+            f"bulkhead of {dependency!r} is full ({config.max_concurrent} calls in flight)"
+        )
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -59,36 +66,36 @@ class BulkheadHandle:
 
     def try_acquire(self) -> object | None:
         """Take a slot without waiting; returns its token, or None when full."""
+        if self._in_use >= self._limit:
+            return None
         token = object()
         try:
             self._limiter.acquire_on_behalf_of_nowait(token)
-        except anyio.WouldBlock:
+        except anyio.WouldBlock:  # a slot is free, but waiters queue for it
             return None
+        self._in_use += 1
         return token
 
     async def acquire(self) -> object:
         """Take a slot, waiting at most ``max_wait``; raise BulkheadFullError otherwise."""
-        token = object()
-        try:
-            self._limiter.acquire_on_behalf_of_nowait(token)
-        except anyio.WouldBlock:
-            if self._max_wait <= 0:
-                raise self._rejection() from None
-        else:
+        token = self.try_acquire()
+        if token is not None:
             return token
+        if self._max_wait <= 0:
+            raise self.rejection()
+        token = object()
         with anyio.move_on_after(self._max_wait):
             # anyio's acquire removes a cancelled waiter from its queue and
             # hands back a token granted just as the cancel landed.
             await self._limiter.acquire_on_behalf_of(token)
+            self._in_use += 1
             return token
-        raise self._rejection()
+        raise self.rejection()
 
     def release(self, token: object) -> None:
+        self._in_use -= 1
         self._limiter.release_on_behalf_of(token)
 
-    def _rejection(self) -> BulkheadFullError:
-        return BulkheadFullError(
-            f"bulkhead of {self.dependency!r} is full "
-            f"({self.config.max_concurrent} calls in flight)",
-            dependency=self.dependency,
-        )
+    def rejection(self) -> BulkheadFullError:
+        """A fresh BulkheadFullError for this bulkhead (never one instance re-raised)."""
+        return BulkheadFullError(self._message, dependency=self.dependency)

@@ -144,6 +144,11 @@ class Guard:
             total = left if total is None or left < total else total
         return None if total is None else start + total
 
+    def _time_left(self, now: float) -> float | None:
+        """Seconds the call could run from *now* (total timeout and ambient deadline)."""
+        deadline_at = self._deadline(now)
+        return None if deadline_at is None else deadline_at - now
+
     def _report(
         self, outcome: str, attempts: int, retries: list[str], start: float, stopped: str | None
     ) -> CallReport:
@@ -168,7 +173,8 @@ class Guard:
         attempts = 0
         if rt.limiter is not None:
             try:
-                await rt.limiter.acquire()
+                # Never wait for a token longer than the call could then run.
+                await rt.limiter.acquire(self._time_left(start))
             except RejectedError as exc:
                 exc.report = self._report(exc.reason, 0, retries, start, None)
                 raise
@@ -201,11 +207,19 @@ class Guard:
                 if bulkhead is not None:
                     token = bulkhead.try_acquire()
                     if token is None:
+                        if bulkhead.config.max_wait <= 0:
+                            raise bulkhead.rejection()
                         token = await self._wait_for_slot(bulkhead, deadline_at)
             except SeawallError as exc:  # a rejection, or the deadline ran out in the queue
                 if permit >= 0:
                     breaker.release(permit)  # type: ignore[union-attr]
-                exc.report = self._report(exc.reason, attempts, retries, start, None)
+                # The refused attempt sent nothing: it does not count.
+                if last is None and rt.limiter is None:
+                    # Refused outright: the outage's hot path shares one report
+                    # per reason and state instead of building one per call.
+                    exc.report = rt.rejection_report(exc.reason)
+                    raise
+                exc.report = self._report(exc.reason, attempts - 1, retries, start, None)
                 if last is not None:
                     raise exc from last
                 raise
@@ -239,10 +253,12 @@ class Guard:
                 if token is not None:
                     bulkhead.release(token)  # type: ignore[union-attr]
                 if permit >= 0:
-                    if rt.ignore_on(exc) or not rt.record_on(exc):
+                    if rt.ignore_on(exc):
                         breaker.release(permit)  # type: ignore[union-attr]
                     else:
-                        breaker.record(permit, clock.now() - t0, True)  # type: ignore[union-attr]
+                        # As in Resilience4j, an error that record_on does not
+                        # match counts as a success.
+                        breaker.record(permit, clock.now() - t0, rt.record_on(exc))  # type: ignore[union-attr]
                 last = exc
                 delay = self._next_delay(exc, attempts, max_attempts, deadline_at)
                 if isinstance(delay, str):
@@ -326,7 +342,7 @@ class Guard:
         entry.start = start = clock.now()
         if rt.limiter is not None:
             try:
-                await rt.limiter.acquire()
+                await rt.limiter.acquire(self._time_left(start))
             except RejectedError as exc:
                 exc.report = self._report(exc.reason, 0, [], start, None)
                 raise
@@ -348,7 +364,7 @@ class Guard:
             if entry.permit is not None:
                 rt.breaker.release(entry.permit)  # type: ignore[union-attr]
             if isinstance(exc, SeawallError):
-                exc.report = self._report(exc.reason, 1, [], start, None)
+                exc.report = self._report(exc.reason, 0, [], start, None)
             raise
         # The time left is read once the slot is held: the wait for it counts.
         limit = rt.policy.timeouts.attempt
@@ -400,10 +416,10 @@ class Guard:
             assert breaker is not None
             if error is None and exc is None:
                 breaker.record(entry.permit, duration, False)
-            elif error is None or rt.ignore_on(error) or not rt.record_on(error):
+            elif error is None or rt.ignore_on(error):
                 breaker.release(entry.permit)  # cancellation, or an ignored error
             else:
-                breaker.record(entry.permit, duration, True)
+                breaker.record(entry.permit, duration, rt.record_on(error))
         if error is not None:
             attach(error, self._report(_failure_outcome(error), 1, [], entry.start, None))
             if swallowed:

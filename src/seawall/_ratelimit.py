@@ -57,14 +57,21 @@ class RateLimiter:
             return True
         return False
 
-    async def acquire(self) -> None:
-        """Take a token, waiting at most ``max_wait``, or raise RateLimitedError."""
+    async def acquire(self, time_left: float | None = None) -> None:
+        """Take a token, waiting at most ``max_wait``, or raise RateLimitedError.
+
+        ``time_left`` caps the wait further: waiting for a token the call would
+        then have no time to use is refused at once.
+        """
         tokens = self._refill()
         if tokens >= 1.0:
             self._tokens = tokens - 1.0
             return
         wait = (1.0 - tokens) / self._per_second
-        if wait > self.config.max_wait:
+        max_wait = self.config.max_wait
+        if time_left is not None and time_left < max_wait:
+            max_wait = time_left
+        if wait > max_wait:
             raise RateLimitedError(
                 f"rate limit of {self.dependency!r} reached "
                 f"({self.config.rate:g} per {self.config.per:g} s)",

@@ -12,6 +12,7 @@ from ._cache import ResponseCache
 from ._clock import Clock
 from ._config import ErrorMatcher, Policy
 from ._ratelimit import RateLimiter
+from ._report import CallReport
 from ._retry import BudgetTracker
 from .telemetry._otel import track
 
@@ -53,6 +54,7 @@ class Runtime:
         "policy",
         "record_on",
         "retry_on",
+        "_rejection_reports",
         "transports",
     )
 
@@ -98,7 +100,26 @@ class Runtime:
         )
         #: The transports serving this dependency (for pool gauges).
         self.transports: weakref.WeakSet[ResilientTransport] = weakref.WeakSet()
+        self._rejection_reports: dict[tuple[str, str | None], CallReport] = {}
         track(self)
+
+    def rejection_report(self, reason: str) -> CallReport:
+        """The report of a call refused outright (nothing sent, no wait, no retry).
+
+        Shared per reason and breaker state: they are all alike, and an outage
+        refuses calls by the thousand.
+        """
+        state = self.breaker._state.value if self.breaker is not None else None
+        report = self._rejection_reports.get((reason, state))
+        if report is None:
+            report = self._rejection_reports[(reason, state)] = CallReport(
+                dependency=self.name,
+                outcome=reason,
+                attempts=0,
+                breaker_state=state,
+                timeouts=self.policy.timeouts,
+            )
+        return report
 
     def snapshot(self) -> dict[str, Any]:
         """Plain, JSON-ready figures (the Registry's snapshot entry, sans HTTP parts)."""

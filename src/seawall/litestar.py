@@ -14,8 +14,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 from litestar import Request, Response
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
@@ -51,6 +53,24 @@ def provide_client(name: str) -> Provide:
     return Provide(provide, sync_to_thread=False)
 
 
+def _answer_otherwise(
+    request: Request[Any, Any, Any], exc: Exception, ours: Callable[..., Any]
+) -> Response[Any]:
+    """What Litestar would answer for *exc* without seawall's handler *ours*."""
+    route_handler = request.scope.get("route_handler")
+    handlers = route_handler.resolve_exception_handlers() if route_handler is not None else {}
+    keys: list[Any] = [*type(exc).__mro__, 500]
+    for key in keys:
+        handler = handlers.get(key)
+        if handler is not None and handler is not ours:
+            return handler(request, exc)
+    from litestar.exceptions.responses import create_debug_response, create_exception_response
+
+    if request.app.debug:
+        return create_debug_response(request, exc)
+    return create_exception_response(request, exc)
+
+
 class ResiliencePlugin(InitPlugin):
     """Registers seawall's middleware, the registry's lifespan and exception handlers.
 
@@ -75,12 +95,17 @@ class ResiliencePlugin(InitPlugin):
                 **self.middleware_options,
             ),
         )
-        app_config.lifespan.append(lambda app: registry)
+        # First, so outermost: the app's own lifespans run inside the registry's
+        # and find the clients open at startup and shutdown (as with FastAPI).
+        app_config.lifespan.insert(0, lambda app: registry)
 
-        def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+        def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
             problem = problem_for(exc, rate_limited_status=rate_limited_status)
-            if problem is None:  # a ConfigError, say: not an answer for the client
-                raise exc
+            if problem is None:
+                # A ConfigError, or a timeout that is no seawall call's: not ours
+                # to answer (and a handler that raised would let the error escape
+                # Litestar altogether), so the app's next handler or Litestar's own.
+                return _answer_otherwise(request, exc, handle)
             status, headers, body = problem
             return Response(
                 content=body,
@@ -90,4 +115,9 @@ class ResiliencePlugin(InitPlugin):
             )
 
         app_config.exception_handlers[SeawallError] = handle
+        # Litestar answers every error inside the app, so ResilienceMiddleware
+        # never sees a seawall call's timeouts (httpx's, or the attempt
+        # timeout's TimeoutError): map them here too, unless the app has its own.
+        app_config.exception_handlers.setdefault(httpx.TimeoutException, handle)
+        app_config.exception_handlers.setdefault(TimeoutError, handle)
         return app_config
