@@ -105,6 +105,20 @@ def problem_for(
     return status, headers, body
 
 
+def _mappable(exc: BaseException) -> BaseException:
+    """The error to answer for: a seawall error inside an exception group counts.
+
+    A handler that fans out in a task group gets its dependency's error back
+    wrapped in an ExceptionGroup; the first leaf that maps to a problem answers.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        for leaf in exc.exceptions:
+            found = _mappable(leaf)
+            if problem_for(found) is not None:
+                return found
+    return exc
+
+
 async def _send_problem(
     send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
 ) -> None:
@@ -235,7 +249,7 @@ class ResilienceMiddleware:
                 with _deadline_cm(seconds):
                     await self.app(scope, receive, send_wrapper)
         except Exception as exc:
-            problem = problem_for(exc, rate_limited_status=self.rate_limited_status)
+            problem = problem_for(_mappable(exc), rate_limited_status=self.rate_limited_status)
             if problem is None or started:
                 raise
             await _send_problem(send, *problem)
@@ -264,10 +278,17 @@ def status_app(registry: Registry, *, admin_token: str | None = None) -> ASGIApp
     with its snapshot entry; a missing or wrong bearer token gets 401 (checked
     first, in constant time), an unknown dependency or action 404.
     """
+    if admin_token is not None and (not isinstance(admin_token, str) or not admin_token.strip()):
+        raise ValueError("status_app(admin_token): must be a non-empty string or None, got ''")
     expected = f"Bearer {admin_token}".encode() if admin_token is not None else None
 
     async def respond(
-        send: Send, status: int, payload: object, extra: tuple[tuple[bytes, bytes], ...] = ()
+        send: Send,
+        status: int,
+        payload: object,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+        *,
+        head: bool = False,
     ) -> None:
         body = json.dumps(payload).encode()
         await send(
@@ -282,7 +303,7 @@ def status_app(registry: Registry, *, admin_token: str | None = None) -> ASGIApp
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": b"" if head else body})
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -301,8 +322,11 @@ def status_app(registry: Registry, *, admin_token: str | None = None) -> ASGIApp
         if root and path.startswith(root):
             path = path[len(root) :]
         path = path.rstrip("/") or "/"
-        if method in ("GET", "HEAD") and path == "/":
-            await respond(send, 200, registry.snapshot())
+        if method in ("GET", "HEAD"):
+            if path == "/":
+                await respond(send, 200, registry.snapshot(), head=method == "HEAD")
+            else:
+                await respond(send, 404, {"error": "not found"}, head=method == "HEAD")
             return
         if method == "POST" and expected is not None:
             auth = b""
@@ -333,6 +357,6 @@ def status_app(registry: Registry, *, admin_token: str | None = None) -> ASGIApp
         if method == "POST":
             await respond(send, 404, {"error": "not found"})
             return
-        await respond(send, 405, {"error": "method not allowed"}, ((b"allow", b"GET"),))
+        await respond(send, 405, {"error": "method not allowed"}, ((b"allow", b"GET, HEAD, POST"),))
 
     return app
