@@ -309,28 +309,24 @@ class Registry:
             if old is None:
                 self._add_spec(spec)
                 continue
-            runtime = Runtime(spec.name, spec.policy, old.runtime.clock, endpoints=spec.endpoints)
-            if (
-                spec.policy.breaker == old.spec.policy.breaker
-                and spec.endpoints == old.spec.endpoints
-            ):
-                runtime.breaker = old.runtime.breaker
-                runtime.endpoint_breakers = old.runtime.endpoint_breakers
-            if spec.policy.fallback == old.spec.policy.fallback:
-                runtime.cache = old.runtime.cache
+            # In place: guards and clients holding this runtime follow the new
+            # policy; unchanged parts keep their state.
+            runtime = old.runtime
+            old_spec = old.spec
+            runtime.reconfigure(spec.policy, spec.endpoints)
             if (
                 old.client is not None
-                and spec.base_url == old.spec.base_url
-                and spec.endpoints == old.spec.endpoints
-                and dict(spec.httpx_options) == dict(old.spec.httpx_options)
-                and spec.policy.pool == old.spec.policy.pool
-                and spec.policy.timeouts == old.spec.policy.timeouts
+                and spec.base_url == old_spec.base_url
+                and spec.endpoints == old_spec.endpoints
+                and dict(spec.httpx_options) == dict(old_spec.httpx_options)
+                and spec.policy.pool == old_spec.policy.pool
+                and spec.policy.timeouts == old_spec.policy.timeouts
             ):
-                # Same client: swap the policy under it; calls in flight finish
-                # on the runtime they started with.
                 old.client.resilient_transport._swap_runtime(runtime)
-                old.spec, old.runtime = spec, runtime
+                old.spec = spec
                 continue
+            # The client itself must change (URL, options, pool, timeouts): a new
+            # one on the same runtime; the old one closes once its calls end.
             self._deps.pop(name)
             self._retire(old)
             self._add_spec(spec, runtime=runtime)

@@ -103,6 +103,36 @@ class Runtime:
         self._rejection_reports: dict[tuple[str, str | None], CallReport] = {}
         track(self)
 
+    def reconfigure(self, policy: Policy, endpoints: Sequence[str] = ()) -> None:
+        """Adopt a new policy in place (Registry.reload), keeping the state of every
+        part whose settings did not change: a breaker keeps its state and window,
+        a bulkhead its slots, a rate limiter its tokens, the cache its entries.
+
+        In place, so that every guard, client and transport holding this runtime
+        follows; calls in flight finish on the parts they started with.
+        """
+        fresh = Runtime(self.name, policy, self.clock, endpoints=endpoints)
+        old = self.policy
+        same_endpoints = tuple(endpoints) == self.endpoints
+        if not (policy.breaker == old.breaker and same_endpoints):
+            self.breaker = fresh.breaker
+            self.endpoint_breakers = fresh.endpoint_breakers
+            self.record_on, self.ignore_on = fresh.record_on, fresh.ignore_on
+        if policy.bulkhead != old.bulkhead:
+            self.bulkhead = fresh.bulkhead
+        if policy.rate_limit != old.rate_limit:
+            self.limiter = fresh.limiter
+        old_budget = old.retry.budget if old.retry else None
+        new_budget = policy.retry.budget if policy.retry else None
+        if new_budget != old_budget:
+            self.budget = fresh.budget
+        if policy.fallback != old.fallback:
+            self.cache = fresh.cache
+        self.retry_on = fresh.retry_on
+        self.endpoints = fresh.endpoints
+        self.policy = policy
+        self._rejection_reports.clear()
+
     def rejection_report(self, reason: str) -> CallReport:
         """The report of a call refused outright (nothing sent, no wait, no retry).
 
