@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest docs docs-serve bench clean
+.PHONY: demo test lint typecheck pytest docs docs-serve package bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,20 +15,29 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/seawall demo
 
-test: $(STAMP) lint typecheck pytest docs
+test: $(STAMP) lint typecheck pytest docs package
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/ruff format --check src tests bench examples
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy --strict src/seawall
+	$(VENV)/bin/mypy --strict src/seawall tests/typing
 
 pytest: $(STAMP)
 	$(PY) -m pytest -q
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .site
+
+# The built wheel, installed alone in a fresh virtualenv: what users get.
+package: $(STAMP)
+	rm -rf .pkgcheck
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir .pkgcheck/dist .
+	$(PYTHON) -m venv .pkgcheck/venv
+	.pkgcheck/venv/bin/python -m pip install --quiet .pkgcheck/dist/*.whl
+	cd .pkgcheck && venv/bin/python ../scripts/check_installed.py
+	rm -rf .pkgcheck
 
 docs-serve: $(STAMP)
 	$(VENV)/bin/mkdocs serve
@@ -37,4 +46,4 @@ bench: $(STAMP)
 	$(PY) bench/primitives.py
 
 clean:
-	rm -rf $(VENV) .site .mypy_cache .ruff_cache
+	rm -rf $(VENV) .site .mypy_cache .ruff_cache .pkgcheck
