@@ -1,0 +1,1 @@
+"""The shop example on Litestar (see README.md)."""

@@ -1,0 +1,131 @@
+"""The same shop as ``examples/fastapi_app``, on Litestar.
+
+It shares that example's configuration (``resilience.toml``, with the same
+``PAYMENTS_URL``, ``CATALOG_URL`` and ``NOTIFICATIONS_URL`` overrides) and its
+framework-free logic (``shop.py``); only the wiring differs. Run it from the
+repository root::
+
+    uvicorn examples.litestar_app.app:app
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import httpx
+import msgspec
+from examples.fastapi_app import shop
+from examples.fastapi_app.resilience import build_registry, load_settings, setup_telemetry
+from litestar import Litestar, Request, Response, asgi, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.logging import LoggingConfig
+from litestar.params import JSONBody, PathParameter
+
+import seawall
+import seawall.asgi
+import seawall.litestar
+
+__all__ = ["REQUEST_DEADLINE", "app", "create_app"]
+
+#: Every request's time budget, in seconds (see the FastAPI example).
+REQUEST_DEADLINE = 10.0
+
+# Handlers name the dependency they want; Litestar injects it by that name
+# (see ``dependencies=`` in create_app). NamedDependency, JSONBody and
+# PathParameter need Litestar 2.23 or later.
+Client = NamedDependency[seawall.ResilientClient]
+Orders = NamedDependency[shop.OrderBook]
+
+
+class OrderIn(msgspec.Struct):
+    order_id: Annotated[str, msgspec.Meta(pattern=shop.ORDER_ID_PATTERN)]
+    amount_cents: Annotated[int, msgspec.Meta(gt=0)]
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "EUR"
+    email: str | None = None
+
+
+def respond(answer: shop.Answer) -> Response[Any]:
+    return Response(
+        answer.body,
+        status_code=answer.status,
+        headers=answer.headers,
+        media_type=answer.media_type,
+    )
+
+
+def provide_orders(state: State) -> shop.OrderBook:
+    return state.orders  # type: ignore[no-any-return]
+
+
+@post("/pay", status_code=200)
+async def pay(
+    data: JSONBody[OrderIn],
+    payments: Client,
+    notifications: Client,
+    orders: Orders,
+) -> Response[Any]:
+    order = shop.Order(data.order_id, data.amount_cents, data.currency, data.email)
+    answer = await shop.pay(order, payments=payments, notifications=notifications, orders=orders)
+    return respond(answer)
+
+
+@get("/orders/{order_id:str}")
+async def get_order(
+    order_id: Annotated[str, PathParameter(pattern=shop.ORDER_ID_PATTERN)],
+    payments: Client,
+    notifications: Client,
+    orders: Orders,
+) -> Response[Any]:
+    answer = await shop.order_status(
+        order_id, payments=payments, notifications=notifications, orders=orders
+    )
+    return respond(answer)
+
+
+@get("/catalog")
+async def catalog(catalog: Client) -> Response[Any]:
+    return respond(await shop.list_catalog(catalog))
+
+
+def transport_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # seawall answers its own errors; a dependency that refuses connections
+    # would otherwise be a bare 500.
+    return respond(shop.transport_error_problem(exc))
+
+
+def create_app(
+    config_path: str | os.PathLike[str] | None = None,
+    *,
+    registry: seawall.Registry | None = None,
+) -> Litestar:
+    """The shop on Litestar: from *registry*, or from the TOML at *config_path*."""
+    if registry is None:
+        registry = build_registry(load_settings(config_path))
+    # Read-only figures of every dependency: seawall's status app, mounted as is.
+    resilience = asgi("/_resilience", is_mount=True, copy_scope=True)(
+        seawall.asgi.status_app(registry)
+    )
+
+    app = Litestar(
+        route_handlers=[pay, get_order, catalog, resilience],
+        # Middleware (request deadline, seawall errors -> 503/504 problem+json),
+        # exception handlers, and the registry's lifespan.
+        plugins=[seawall.litestar.ResiliencePlugin(registry, deadline=REQUEST_DEADLINE)],
+        dependencies={
+            "payments": seawall.litestar.provide_client("payments"),
+            "catalog": seawall.litestar.provide_client("catalog"),
+            "notifications": seawall.litestar.provide_client("notifications"),
+            "orders": Provide(provide_orders, sync_to_thread=False),
+        },
+        exception_handlers={httpx.TransportError: transport_error},
+        state=State({"orders": shop.OrderBook()}),
+        # Leave the root logger alone: structlog writes the shop's logs.
+        logging_config=LoggingConfig(configure_root_logger=False),
+    )
+    setup_telemetry(app)
+    return app
+
+
+app = create_app()
