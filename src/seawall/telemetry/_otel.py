@@ -54,6 +54,11 @@ _FAILED = frozenset(
 )
 _REJECTIONS = frozenset({Outcome.CIRCUIT_OPEN, Outcome.BULKHEAD_FULL, Outcome.RATE_LIMITED})
 _STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2, "forced_open": 3, "disabled": 0}
+# Seconds: the bucket boundaries the HTTP semantic conventions advise for
+# ``http.client.request.duration``. Without them an SDK falls back to its
+# default buckets (0, 5, 10, 25, ... 10000), made for milliseconds: every call
+# under five seconds would land in one bucket and no quantile could be read.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 # Query keys whose values never reach a span, a metric or a log (semconv's list
 # and the usual suspects).
@@ -113,6 +118,9 @@ def configure(**changes: Any) -> TelemetrySettings:
     previous = _settings
     _settings = replace(_settings, **changes)
     _engine.reset()
+    if _live:
+        # The gauges observe live runtimes: register them now, not at the next call.
+        _engine.meter_ready()
     return previous
 
 
@@ -182,11 +190,13 @@ class _Engine:
             "http.client.request.duration",
             unit="s",
             description="Duration of HTTP client requests (one per physical attempt).",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self.call_duration = meter.create_histogram(
             "seawall.call.duration",
             unit="s",
             description="Duration of logical calls through seawall, retries and waits included.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self.calls = meter.create_counter(
             "seawall.calls", unit="{call}", description="Logical calls by outcome."
@@ -273,6 +283,9 @@ def track(runtime: Runtime) -> None:
         runtime.breaker.on_transition(on_transition)
     for breaker in runtime.endpoint_breakers.values():
         breaker.on_transition(on_transition)
+    # Register the gauges (if a meter provider is there) before any call is made:
+    # a breaker or a bulkhead is worth watching before its first call.
+    _engine.meter_ready()
 
 
 def _breakers(rt: Runtime) -> Iterable[tuple[dict[str, str], Any]]:
