@@ -105,6 +105,28 @@ def _unread(response: httpx.Response, request: httpx.Request) -> httpx.Response:
     )
 
 
+class _SendProgress:
+    """An httpcore ``trace`` hook that notes whether the request began to go out.
+
+    When the attempt timeout or the deadline cuts an attempt, this tells a
+    request still waiting for a pool connection or a TCP handshake (never
+    sent: safe to retry, no outcome unknown) from one that was sent. The
+    caller's own ``trace`` hook, if any, still sees every event.
+    """
+
+    __slots__ = ("_theirs", "sent")
+
+    def __init__(self, theirs: Any) -> None:
+        self._theirs = theirs
+        self.sent = False
+
+    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+        if name.endswith(".send_request_headers.started"):
+            self.sent = True
+        if self._theirs is not None:
+            await self._theirs(name, info)
+
+
 class _Endpoint:
     __slots__ = ("breaker", "origin", "prefix", "url")
 
@@ -119,8 +141,18 @@ class _Failure(Exception):
     """Internal: an attempt's failure, classified."""
 
 
+class AttemptTimeout(httpx.ReadTimeout, TimeoutError):
+    """An attempt cut by ``Timeouts.attempt``.
+
+    Both an ``httpx.ReadTimeout`` (code around an httpx SDK catches it as any
+    read timeout, which is what it counts as) and a built-in ``TimeoutError``.
+    """
+
+
 def _classify(exc: BaseException) -> tuple[str, str, bool]:
     """(outcome, retry reason, sent) for an httpx error."""
+    if isinstance(exc, AttemptTimeout):
+        return Outcome.TIMEOUT, "attempt_timeout", True
     if isinstance(exc, httpx.ConnectTimeout):
         return Outcome.TIMEOUT, "connect_timeout", False
     if isinstance(exc, httpx.PoolTimeout):
@@ -131,8 +163,6 @@ def _classify(exc: BaseException) -> tuple[str, str, bool]:
         return Outcome.TIMEOUT, "read_timeout", True
     if isinstance(exc, httpx.WriteTimeout):
         return Outcome.TIMEOUT, "write_timeout", True
-    if isinstance(exc, TimeoutError):  # our attempt timeout: counts as a read timeout
-        return Outcome.TIMEOUT, "attempt_timeout", True
     if isinstance(exc, httpx.TransportError):
         return Outcome.TRANSPORT_ERROR, "transport_error", True
     return Outcome.ERROR, type(exc).__name__, True
@@ -179,6 +209,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 )
             )
         self._inner = transport
+        # httpcore-backed: its trace events say when a request starts going out.
+        self._traced = isinstance(transport, httpx.AsyncHTTPTransport)
         rt.transports.add(self)
         self._in_flight = 0
         self._closing = False
@@ -283,6 +315,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         safe_after_send = method in IDEMPOTENT_METHODS or IDEMPOTENCY_HEADER in request.headers
         replayable = hasattr(request, "_content")
         streaming = bool(extensions.get("seawall.stream"))
+        their_trace = extensions.get("trace")
         state = _CallState(self, request, start)
 
         if rt.limiter is not None:
@@ -416,6 +449,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 target.extensions["seawall.resend_count"] = state.attempts - 1
             response: httpx.Response | None = None
             failure: BaseException | None = None
+            progress: _SendProgress | None = None
+            if limit is not None and not safe_after_send and self._traced:
+                # Only where a cut attempt's fate depends on it: was it sent?
+                progress = target.extensions["trace"] = _SendProgress(their_trace)
+            cut_unsent = False
             span = tel.attempt_started(target, state.attempts - 1) if tel is not None else None
             try:
                 if limit is None:
@@ -425,15 +463,18 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                         response = await self._send(target, streaming)
                     if scope.cancelled_caught:
                         response = None
+                        # Cut while waiting for a connection: nothing left, never sent.
+                        cut_unsent = progress is not None and not progress.sent
                         if by_deadline:
                             failure = DeadlineExceededError(
                                 f"deadline of {rt.name!r} ran out during attempt {state.attempts}",
                                 dependency=rt.name,
                             )
                         else:
-                            failure = TimeoutError(
+                            failure = AttemptTimeout(
                                 f"attempt {state.attempts} to {rt.name!r} took longer "
-                                f"than {attempt_limit} s"
+                                f"than {attempt_limit} s",
+                                request=target,
                             )
             except Exception as exc:
                 failure = exc
@@ -448,6 +489,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 raise
             if token is not None:
                 bulkhead.release(token)  # type: ignore[union-attr]
+            if progress is not None:  # the request's own hook (if any) goes back
+                if their_trace is None:
+                    target.extensions.pop("trace", None)
+                else:
+                    target.extensions["trace"] = their_trace
             duration = clock.now() - t0
 
             # -- a response
@@ -514,6 +560,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 outcome, reason, sent = Outcome.DEADLINE_EXCEEDED, "deadline", True
             else:
                 outcome, reason, sent = _classify(failure)
+            if cut_unsent:
+                sent = False
             if tel is not None:
                 tel.attempt_ended(span, target, duration, outcome, None, type(failure).__qualname__)
             if outcome == Outcome.ERROR:
@@ -521,6 +569,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 state.outcome = outcome
                 attach(failure, state.report())
                 raise failure
+            if sent:
+                state.sent_unanswered = True
             if sent and not safe_after_send:
                 unknown = OutcomeUnknownError(
                     f"{method} to {rt.name!r} was sent but no answer came back "
@@ -709,6 +759,24 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             # A retryable status, then a rejection before the next attempt:
             # the last answer is the call's result.
             return await self._finish_response(state, last_response, True, outcome)
+        request = state.request
+        if state.sent_unanswered and request.method not in IDEMPOTENT_METHODS:
+            # A keyed POST or PATCH went out, got no answer, and no retry got
+            # one either: whatever ended the call (retries spent, an open
+            # breaker, the deadline), the upstream may have acted on it. Say so,
+            # rather than a rejection that reads as "nothing was sent".
+            unknown = OutcomeUnknownError(
+                f"{request.method} to {self._rt.name!r} was sent but no answer came back; "
+                "it may or may not have taken effect upstream (retry with the same "
+                "idempotency key, or verify)",
+                dependency=self._rt.name,
+                request=request,
+            )
+            unknown.__cause__ = error
+            state.outcome = Outcome.OUTCOME_UNKNOWN
+            state.retry_stopped = stopped
+            unknown.report = state.report()
+            raise unknown
         state.outcome = outcome
         state.retry_stopped = stopped
         fallback = self._fallback_response(state, error, None)
@@ -735,6 +803,7 @@ class _CallState:
         "retries",
         "retry_stopped",
         "retry_stopped_hint",
+        "sent_unanswered",
         "start",
         "status_code",
         "transport",
@@ -755,6 +824,8 @@ class _CallState:
         self.retry_stopped: str | None = None
         self.retry_stopped_hint: str | None = None
         self.deadline_remaining: float | None = None
+        #: An attempt may have reached the upstream and got no answer.
+        self.sent_unanswered = False
 
     def report(self) -> CallReport:
         t = self.transport
