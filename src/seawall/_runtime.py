@@ -41,6 +41,7 @@ class Runtime:
 
     __slots__ = (
         "__weakref__",
+        "_rejection_reports",
         "breaker",
         "budget",
         "bulkhead",
@@ -54,7 +55,6 @@ class Runtime:
         "policy",
         "record_on",
         "retry_on",
-        "_rejection_reports",
         "transports",
     )
 
