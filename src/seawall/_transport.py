@@ -697,15 +697,14 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         cache = rt.cache
         request = state.request
         body = response.extensions.pop("seawall.body", None)
-        if cache is not None and request.method == "GET":
-            if 200 <= status < 300 and body is not None:
+        if 200 <= status < 300:
+            if cache is not None and body is not None and request.method == "GET":
                 cache.store(request, status, response.headers, body)
-            elif status >= 500 or (retryable and status >= 400):
-                fallback = self._fallback_response(state, None, response)
-                if fallback is not None:
-                    await response.aclose()
-                    return fallback
-        elif status >= 500 and rt.policy.fallback is not None:
+        elif rt.policy.fallback is not None and (
+            status >= 500 or (retryable and status in (408, 429))
+        ):
+            # A failed answer (5xx, or a 408/429 that retries could not get
+            # past): the fallback, if any, answers instead. Other 4xx are answers.
             fallback = self._fallback_response(state, None, response)
             if fallback is not None:
                 await response.aclose()
