@@ -43,7 +43,9 @@ class CallReport:
     ``outcome`` is the result (see :class:`Outcome`); when a fallback answered,
     ``outcome`` keeps the failure that triggered it and ``fallback`` says what
     answered (``"cache"`` or ``"default"``). ``retries`` holds the reason for
-    each retry that ran; ``retry_stopped`` says why no further retry ran, when
+    each retry seawall decided on (one more than ``attempts - 1`` when the last
+    retry was then refused by an open breaker or a full bulkhead: ``outcome``
+    says so); ``retry_stopped`` says why no further retry ran, when
     one was wanted (``not_idempotent``, ``unreplayable_body``,
     ``budget_exhausted``, ``deadline``, ``retry_after_too_long``).
     """
