@@ -163,12 +163,10 @@ async def pay(
 def may_have_reached(exc: BaseException) -> bool:
     """Whether a failed call may have reached the upstream, and acted there.
 
-    OutcomeUnknownError says so outright: a request seawall may not resend was
-    sent and got no answer. With an Idempotency-Key seawall retries instead,
-    and the call ends in the last attempt's error (a timeout, a reset), or in
-    a rejection if the breaker opened between two attempts; the call's report
-    counts the attempts that went out. A call refused before its first
-    attempt (``attempts == 0``) never left.
+    OutcomeUnknownError says so outright: a POST or PATCH was sent and got no
+    answer (with an Idempotency-Key, after seawall's retries got none either).
+    Other errors carry the call's report, which counts the attempts that went
+    out: a call refused before its first attempt (``attempts == 0``) never left.
     """
     if isinstance(exc, seawall.OutcomeUnknownError):
         return True

@@ -39,9 +39,10 @@ from ._exceptions import (
 from ._guard import Guard, guard
 from ._registry import Registry
 from ._report import CallReport, Outcome, report_of
-from ._transport import ResilientTransport
+from ._transport import AttemptTimeout, ResilientTransport
 
 __all__ = [
+    "AttemptTimeout",
     "Backoff",
     "Breaker",
     "BreakerState",

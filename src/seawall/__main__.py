@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
         "twice, side by side: once through a shared httpx.AsyncClient, once through seawall.",
     )
     demo.add_argument("--duration", type=float, default=40.0, help="seconds per run (default 40)")
-    demo.add_argument("--scenario", default="storm", help="storm (default), hang or outage")
+    demo.add_argument(
+        "--scenario", default="storm", choices=("storm", "hang", "outage"), help="the fault script"
+    )
     demo.add_argument("--pay-clients", type=int, default=100, help="concurrent /pay clients")
     demo.add_argument("--catalog-clients", type=int, default=10, help="concurrent /catalog clients")
     demo.add_argument(

@@ -9,7 +9,10 @@ in-memory storage bounded by entries and bytes. What we keep:
   request headers the response's ``Vary`` names and by a fingerprint of the
   request's credentials (``Authorization``, ``Cookie``, ``Proxy-Authorization``),
   an HMAC under a per-process random key, so no secret is stored;
-* responses marked ``no-store`` or ``Vary: *`` are never kept;
+* responses marked ``no-store``, ``must-revalidate`` or ``Vary: *`` are never
+  kept (``no-cache`` responses are: serving one only when the origin cannot be
+  reached is this cache's whole purpose, and many APIs send ``no-cache`` by
+  default);
 * an LRU bounded by ``max_entries`` and ``max_bytes`` of bodies.
 """
 
@@ -76,7 +79,9 @@ class ResponseCache:
     @staticmethod
     def storable(response_headers: httpx.Headers) -> bool:
         cache_control = response_headers.get("cache-control", "").lower()
-        if "no-store" in cache_control:
+        # no-store: never keep it. must-revalidate (and proxy-revalidate): the
+        # origin forbids serving it stale, which is all this cache ever does.
+        if "no-store" in cache_control or "revalidate" in cache_control:
             return False
         return bool(response_headers.get("vary", "").strip() != "*")
 

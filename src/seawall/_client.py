@@ -21,6 +21,62 @@ __all__ = ["ResilientClient"]
 _TRANSPORT_KWARGS = ("verify", "cert", "http1", "http2", "proxy", "trust_env")
 
 
+def _pooled_transport(policy: Policy, kwargs: dict[str, Any]) -> httpx.AsyncBaseTransport:
+    """The dependency's own pool; environment proxies routed as httpx would route them."""
+    pool = policy.pool
+    limits = httpx.Limits(
+        max_connections=pool.max_connections,
+        max_keepalive_connections=pool.max_keepalive,
+        keepalive_expiry=pool.keepalive_expiry,
+    )
+    direct = httpx.AsyncHTTPTransport(limits=limits, **kwargs)
+    if kwargs.get("proxy") is not None or not kwargs.get("trust_env", True):
+        return direct
+    from httpx._utils import URLPattern, get_environment_proxies
+
+    proxies = get_environment_proxies()
+    if not proxies:
+        return direct
+    # httpx mounts proxy transports beside the client's transport; here they go
+    # underneath the policy instead, so no request bypasses it.
+    options = {k: v for k, v in kwargs.items() if k != "trust_env"}
+    mounts = sorted(
+        (
+            URLPattern(pattern),
+            None
+            if url is None
+            else httpx.AsyncHTTPTransport(limits=limits, proxy=url, **options),
+        )
+        for pattern, url in proxies.items()
+    )
+    return _ProxyRouter(direct, [(p, t) for p, t in mounts])
+
+
+class _ProxyRouter(httpx.AsyncBaseTransport):
+    """Sends each request direct or through the proxy its URL matches (HTTP_PROXY, NO_PROXY, ...)."""
+
+    def __init__(
+        self,
+        direct: httpx.AsyncHTTPTransport,
+        mounts: list[tuple[Any, httpx.AsyncHTTPTransport | None]],
+    ) -> None:
+        self.direct = direct
+        self.mounts = mounts
+        self._pool = direct._pool  # pool statistics read the direct pool
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        for pattern, transport in self.mounts:
+            if pattern.matches(request.url):
+                return await (transport or self.direct).handle_async_request(request)
+        return await self.direct.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.direct.aclose()
+        for _, transport in self.mounts:
+            if transport is not None:
+                await transport.aclose()
+
+
 class ResilientClient(httpx.AsyncClient):
     """An ``httpx.AsyncClient`` for one named dependency, protected by a policy.
 
@@ -71,15 +127,7 @@ class ResilientClient(httpx.AsyncClient):
                 "ResilientClient: set timeouts with Policy(timeouts=seawall.Timeouts(...))"
             )
         if transport is None:
-            pool = policy.pool
-            transport = httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(
-                    max_connections=pool.max_connections,
-                    max_keepalive_connections=pool.max_keepalive,
-                    keepalive_expiry=pool.keepalive_expiry,
-                ),
-                **transport_kwargs,
-            )
+            transport = _pooled_transport(policy, transport_kwargs)
         elif transport_kwargs:
             names = ", ".join(sorted(transport_kwargs))
             raise ValueError(f"ResilientClient: {names} cannot apply to a transport you passed in")

@@ -428,16 +428,31 @@ class Fallback:
     younger than that, with an ``Age`` header. The cache holds at most
     ``max_entries`` responses and ``max_bytes`` of bodies. ``default`` is a
     static :class:`httpx.Response`, or ``(request, error) -> httpx.Response``,
-    used when there is no cached answer.
+    used when there is no cached answer, for the methods in
+    ``default_methods`` only (GET, HEAD and OPTIONS unless you widen it: a
+    canned 200 for a failed POST would tell the caller a payment went through).
     """
 
     stale_if_error: float | None = None
     max_entries: int = 1024
     max_bytes: int = 16 * 1024 * 1024
     default: DefaultResponse | None = None
+    default_methods: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS"})
 
     def __post_init__(self) -> None:
+        methods = self.default_methods
+        if isinstance(methods, Iterable) and not isinstance(methods, str | bytes | Mapping):
+            try:
+                object.__setattr__(self, "default_methods", frozenset(methods))
+            except TypeError:
+                pass
         problems: list[_Problem] = []
+        if not isinstance(self.default_methods, frozenset) or not all(
+            isinstance(m, str) and m.isupper() and m.isalpha() for m in self.default_methods
+        ):
+            problems.append(
+                ("default_methods", "must be a set of upper-case HTTP methods", methods)
+            )
         _seconds(problems, "stale_if_error", self.stale_if_error)
         _integer(problems, "max_entries", self.max_entries, minimum=1)
         _integer(problems, "max_bytes", self.max_bytes, minimum=1)
@@ -545,7 +560,9 @@ _MAPPING_KEYS: dict[type, frozenset[str]] = {
     Bulkhead: frozenset(f.name for f in fields(Bulkhead)),
     CircuitBreaker: frozenset(f.name for f in fields(CircuitBreaker)) - {"record_on", "ignore_on"},
     RateLimit: frozenset(f.name for f in fields(RateLimit)),
-    Fallback: frozenset({"stale_if_error", "max_entries", "max_bytes", "default"}),
+    Fallback: frozenset(
+        {"stale_if_error", "max_entries", "max_bytes", "default", "default_methods"}
+    ),
     Pool: frozenset(f.name for f in fields(Pool)),
 }
 

@@ -46,7 +46,7 @@ from ._retry import backoff_delay, backoff_sleep, parse_retry_after
 from ._runtime import Runtime
 from .telemetry._otel import CallTelemetry, log_call, start_call
 
-__all__ = ["IDEMPOTENT_METHODS", "ResilientTransport"]
+__all__ = ["IDEMPOTENT_METHODS", "AttemptTimeout", "ResilientTransport"]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -149,8 +149,15 @@ class AttemptTimeout(httpx.ReadTimeout, TimeoutError):
     """
 
 
+# The request itself is wrong (a scheme httpx cannot send, a header it refuses):
+# nothing left, a retry cannot help, and the upstream is not to blame.
+_OUR_MISTAKE = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL)
+
+
 def _classify(exc: BaseException) -> tuple[str, str, bool]:
     """(outcome, retry reason, sent) for an httpx error."""
+    if isinstance(exc, _OUR_MISTAKE):
+        return Outcome.ERROR, type(exc).__name__, False
     if isinstance(exc, AttemptTimeout):
         return Outcome.TIMEOUT, "attempt_timeout", True
     if isinstance(exc, httpx.ConnectTimeout):
@@ -374,7 +381,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             permit = -1
             breaker: Breaker | None
             target = request
-            if endpoints:
+            if endpoints and self._under_endpoints(request.url):
                 chosen = None
                 last_rejection: RejectedError | None = None
                 n = len(endpoints)
@@ -552,10 +559,16 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             # -- a failure
             assert failure is not None
             if permit >= 0:
-                if rt.ignore_on(failure) or not rt.record_on(failure):  # type: ignore[arg-type]
+                if (
+                    isinstance(failure, _OUR_MISTAKE)
+                    or rt.ignore_on(failure)  # type: ignore[arg-type]
+                ):
+                    # Says nothing of the upstream's health.
                     breaker.release(permit)  # type: ignore[union-attr]
                 else:
-                    breaker.record(permit, duration, True)  # type: ignore[union-attr]
+                    # As in Resilience4j, an error record_on does not match
+                    # counts as a success.
+                    breaker.record(permit, duration, rt.record_on(failure))  # type: ignore[union-attr, arg-type]
             if isinstance(failure, DeadlineExceededError):
                 outcome, reason, sent = Outcome.DEADLINE_EXCEEDED, "deadline", True
             else:
@@ -641,6 +654,12 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             timeouts[phase] = value
         request.extensions["timeout"] = timeouts
 
+    def _under_endpoints(self, url: httpx.URL) -> bool:
+        """Whether *url* lies under one of the endpoints (others go out as they are,
+        with no endpoint's breaker: an SDK may call a token URL elsewhere)."""
+        text = str(url)
+        return any(text.startswith(ep.prefix) for ep in self._endpoints)
+
     def _retarget(self, request: httpx.Request, endpoint: _Endpoint) -> httpx.Request:
         url = str(request.url)
         for ep in self._endpoints:
@@ -725,7 +744,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             answer = rt.cache.lookup(request, fallback.stale_if_error)  # type: ignore[arg-type]
             if answer is not None:
                 state.fallback = "cache"
-        if answer is None and fallback.default is not None:
+        if (
+            answer is None
+            and fallback.default is not None
+            and request.method in fallback.default_methods
+        ):
             default = fallback.default
             if isinstance(default, httpx.Response):
                 answer = _unread(default, request)

@@ -360,14 +360,18 @@ class Demo:
         plain = summary["runs"]["plain"]["routes"]["/catalog"]
         ours = summary["runs"]["seawall"]["routes"]["/catalog"]
         console.print(
-            f"/catalog while payments stormed: p99 {plain['p99_ms']:.0f} ms and {plain['errors']} errors "
+            f"/catalog over the whole run: p99 {plain['p99_ms']:.0f} ms and {plain['errors']} errors "
             f"with a shared httpx client; p99 {ours['p99_ms']:.0f} ms and {ours['errors']} errors with seawall."
         )
 
 
 def run_demo(settings: Settings) -> int:
     """Run the demo; returns the process exit status."""
-    demo = Demo(settings)
+    try:
+        demo = Demo(settings)
+    except DemoError as exc:
+        print(f"seawall demo: {exc}", file=sys.stderr)
+        return 2
     try:
         demo.start()
         summary = anyio.run(demo.run)
