@@ -1,7 +1,6 @@
 """The demo's shop app, twice: through one shared httpx client, and through seawall.
 
-Both variants serve ``/pay`` (payments: a charge, then a best-effort
-notification) and ``/catalog`` (the catalog's items), and ``/_stats`` with
+Both variants serve ``/pay`` (a charge on payments) and ``/catalog`` (the catalog's items), and ``/_stats`` with
 what each saw of its dependencies.
 """
 
@@ -9,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, defaultdict
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -57,8 +56,6 @@ def plain_app(upstream: str) -> Starlette:
             return JSONResponse({"error": type(exc).__name__}, status_code=500)
         if charge.status_code >= 400:
             return JSONResponse({"error": "payment failed"}, status_code=502)
-        with suppress(httpx.HTTPError):
-            await call("notifications", "POST", "/notify", json={"order": order})
         return JSONResponse({"order": order, "status": "paid"})
 
     async def catalog(request: Request) -> JSONResponse:
@@ -124,16 +121,6 @@ def seawall_registry(upstream: str) -> seawall.Registry:
             pool=seawall.Pool(max_connections=50, max_keepalive=50),
         ),
     )
-    registry.add(
-        "notifications",
-        base_url=upstream,
-        policy=seawall.Policy(
-            timeouts=seawall.Timeouts(connect=0.5, read=0.5, attempt=0.5, total=0.5),
-            retry=None,
-            bulkhead=seawall.Bulkhead(max_concurrent=20),
-            breaker=seawall.CircuitBreaker(minimum_calls=10, window_size=20, open_duration=5.0),
-        ),
-    )
     return registry
 
 
@@ -169,10 +156,6 @@ def seawall_app(upstream: str) -> Starlette:
         count(charge)
         if charge.status_code >= 400:
             return JSONResponse({"error": "payment failed"}, status_code=502)
-        try:
-            count(await registry.client("notifications").post("/notify", json={"order": order}))
-        except Exception as exc:  # best effort: never fails the payment
-            count(exc)
         return JSONResponse({"order": order, "status": "paid"})
 
     async def catalog(request: Request) -> JSONResponse:

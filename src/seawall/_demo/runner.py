@@ -23,8 +23,6 @@ from typing import Any
 import anyio
 import httpx
 
-from seawall.testing import Fault, FaultyUpstream
-
 VARIANTS = ("plain", "seawall")
 ROUTES = ("/catalog", "/pay")
 
@@ -33,25 +31,25 @@ ROUTES = ("/catalog", "/pay")
 class Phase:
     name: str
     share: float  # of the run's duration
-    payments: Fault
+    payments: str  # the upstream's fault, as a command (see seawall._demo.upstream)
 
 
 SCENARIOS: dict[str, tuple[Phase, ...]] = {
     "storm": (
-        Phase("healthy", 0.2, Fault.ok()),
-        Phase("payments slow (10 s)", 0.35, Fault.latency(10.0)),
-        Phase("payments failing (500)", 0.2, Fault.error(500)),
-        Phase("payments recovered", 0.25, Fault.ok()),
+        Phase("healthy", 0.2, "ok"),
+        Phase("payments slow (10 s)", 0.35, "latency 10"),
+        Phase("payments failing (500)", 0.2, "error 500"),
+        Phase("payments recovered", 0.25, "ok"),
     ),
     "hang": (
-        Phase("healthy", 0.25, Fault.ok()),
-        Phase("payments hung", 0.5, Fault.hang()),
-        Phase("payments recovered", 0.25, Fault.ok()),
+        Phase("healthy", 0.25, "ok"),
+        Phase("payments hung", 0.5, "hang"),
+        Phase("payments recovered", 0.25, "ok"),
     ),
     "outage": (
-        Phase("healthy", 0.25, Fault.ok()),
-        Phase("payments failing (500)", 0.5, Fault.error(500)),
-        Phase("payments recovered", 0.25, Fault.ok()),
+        Phase("healthy", 0.25, "ok"),
+        Phase("payments failing (500)", 0.5, "error 500"),
+        Phase("payments recovered", 0.25, "ok"),
     ),
 }
 
@@ -93,18 +91,20 @@ class DemoError(Exception):
     """A failure to start the demo, with a message for the terminal."""
 
 
-class _App:
-    """One app variant in a child process."""
+class _Child:
+    """A child process that prints ``READY <port>`` once it serves."""
 
-    def __init__(self, variant: str, upstream: str, port: int, env: dict[str, str]) -> None:
+    def __init__(
+        self, variant: str, args: list[str], env: dict[str, str], *, stdin: bool = False
+    ) -> None:
         self.variant = variant
         # stderr to a file, not a pipe: an unread pipe fills up and blocks the child.
         self.errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "seawall._demo.serve", variant, upstream, str(port)],
+            [sys.executable, "-m", *args],
             stdout=subprocess.PIPE,
             stderr=self.errors,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             text=True,
             env=env,
         )
@@ -119,7 +119,14 @@ class _App:
             )
         self.url = f"http://127.0.0.1:{line.split()[1]}"
 
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
     def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -155,8 +162,8 @@ class Demo:
             raise DemoError(f"--duration must be > 0, got {settings.duration!r}")
         self.s = settings
         self.phases = SCENARIOS[settings.scenario]
-        self.upstreams: dict[str, FaultyUpstream] = {}
-        self.apps: dict[str, _App] = {}
+        self.upstreams: dict[str, _Child] = {}
+        self.apps: dict[str, _Child] = {}
         self.stats = {v: {r: RouteStats() for r in ROUTES} for v in VARIANTS}
         self.deps: dict[str, dict[str, Any]] = {v: {} for v in VARIANTS}
         self.phase = ""
@@ -169,26 +176,25 @@ class Demo:
         if self.s.otlp_endpoint:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.s.otlp_endpoint
         for i, variant in enumerate(VARIANTS):
-            upstream = FaultyUpstream()
-            upstream.start()
+            upstream = _Child(f"{variant} upstream", ["seawall._demo.upstream"], env, stdin=True)
             self.upstreams[variant] = upstream
             port = self.s.base_port + i if self.s.base_port else 0
-            self.apps[variant] = _App(variant, upstream.url, port, env)
+            self.apps[variant] = _Child(
+                variant, ["seawall._demo.serve", variant, upstream.url, str(port)], env
+            )
 
     def stop(self) -> None:
-        for app in self.apps.values():
-            app.stop()
-        for upstream in self.upstreams.values():
-            upstream.stop()
+        for child in [*self.apps.values(), *self.upstreams.values()]:
+            child.stop()
 
     # -- the run ---------------------------------------------------------------------------
 
-    def set_payments(self, fault: Fault) -> None:
+    def set_payments(self, fault: str) -> None:
         for upstream in self.upstreams.values():
-            upstream.route("/charges", fault)
+            upstream.send(f"/charges {fault}")
 
     async def run(self) -> dict[str, Any]:
-        self.set_payments(Fault.ok())
+        self.set_payments("ok")
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
         async with httpx.AsyncClient(limits=limits, timeout=self.s.request_timeout) as client:
             # Warm up: the catalog fallback needs one good response to serve stale.

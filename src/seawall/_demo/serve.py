@@ -38,6 +38,16 @@ def main(argv: list[str]) -> None:
 
     if variant == "seawall":
         _setup_tracing()
+    # An app configures its own logging: here, warnings and up (breaker
+    # transitions) to stderr, which the demo keeps in a file.
+    import logging
+
+    import structlog
+
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
     app = seawall_app(upstream) if variant == "seawall" else plain_app(upstream)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
