@@ -31,17 +31,20 @@ from ._clock import Clock
 __all__ = ["ResponseCache"]
 
 _SECRET = os.urandom(32)
-_CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"cookie", b"proxy-authorization"})
 # Framing headers are recomputed for the replayed body.
-_DROP = frozenset({"transfer-encoding", "connection", "keep-alive", "age"})
+_DROP = frozenset({b"transfer-encoding", b"connection", b"keep-alive", b"age"})
 
 
 def _credentials(request: httpx.Request) -> bytes | None:
-    values = [request.headers.get(h) for h in _CREDENTIAL_HEADERS]
-    if not any(values):
+    # One pass over the raw headers: httpx's Headers.get scans them all per name.
+    # Names included: the same value as a cookie and as a bearer token differ.
+    values = sorted(
+        k.lower() + b":" + v for k, v in request.headers.raw if k.lower() in _CREDENTIAL_HEADERS
+    )
+    if not values:
         return None
-    material = "\x00".join(v or "" for v in values).encode()
-    return hmac.new(_SECRET, material, hashlib.sha256).digest()
+    return hmac.new(_SECRET, b"\x00".join(values), hashlib.sha256).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +67,7 @@ class ResponseCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._clock = clock
-        # (method, url, variant id) -> entry; the variant id is (vary values, credentials)
+        # (method, url, credentials fingerprint) -> entry
         self._entries: OrderedDict[tuple[object, ...], _Entry] = OrderedDict()
         self._bytes = 0
 
@@ -89,34 +92,61 @@ class ResponseCache:
         self, request: httpx.Request, status: int, headers: httpx.Headers, body: bytes
     ) -> None:
         """Keep a successful response (the caller checked method and status)."""
-        if not self.storable(headers) or len(body) > self.max_bytes:
+        if len(body) > self.max_bytes:
             return
-        vary = tuple(
-            sorted({v.strip().lower() for v in headers.get("vary", "").split(",") if v.strip()})
-        )
-        vary_values = tuple(request.headers.get(name) for name in vary)
-        credentials = _credentials(request)
-        entry = _Entry(
-            status=status,
-            headers=tuple(
-                (k, v) for k, v in headers.raw if k.lower().decode("latin-1") not in _DROP
-            ),
-            body=body,
-            stored_at=self._clock.now(),
-            vary=vary,
-            vary_values=vary_values,
-            credentials=credentials,
-        )
-        base = (request.method, str(request.url))
+        # One pass over the raw headers for what we need of them.
+        kept = []
+        cache_control = vary_header = b""
+        for k, v in headers.raw:
+            name = k.lower()
+            if name == b"cache-control":
+                cache_control += b"," + v.lower()
+            elif name == b"vary":
+                vary_header += b"," + v.lower()
+            if name not in _DROP:
+                kept.append((k, v))
+        # no-store: never keep it. must-revalidate (and proxy-revalidate): the
+        # origin forbids serving it stale, which is all this cache ever does.
+        if b"no-store" in cache_control or b"revalidate" in cache_control:
+            return
+        vary_names = {n.strip() for n in vary_header.decode("latin-1").split(",") if n.strip()}
+        if "*" in vary_names:
+            return
         # One entry per (method, URL, credentials): a newer response replaces an
         # older one even when its Vary differs, so the cache never serves a
-        # variant the origin has since stopped sending.
-        key = (*base, credentials, vary_values)
-        stale = [k for k in self._entries if k[:3] == (*base, credentials) and k != key]
-        for k in stale:
-            self._drop(k)
-        old = self._entries.pop(key, None)
+        # variant the origin has since stopped sending. O(1) per call.
+        key = (request.method, str(request.url), _credentials(request))
+        now = self._clock.now()
+        old = self._entries.get(key)
+        if (
+            old is not None
+            and old.status == status
+            and old.body == body
+            and tuple(kept) == old.headers
+            and all(
+                request.headers.get(name) == value
+                for name, value in zip(old.vary, old.vary_values, strict=True)
+            )
+        ):
+            # The same answer again (the common case): only its age and
+            # its place in the LRU change.
+            self._entries[key] = _Entry(
+                status, old.headers, old.body, now, old.vary, old.vary_values, old.credentials
+            )
+            self._entries.move_to_end(key)
+            return
+        vary = tuple(sorted(vary_names))
+        entry = _Entry(
+            status=status,
+            headers=tuple(kept),
+            body=body,
+            stored_at=now,
+            vary=vary,
+            vary_values=tuple(request.headers.get(name) for name in vary),
+            credentials=key[2],
+        )
         if old is not None:
+            del self._entries[key]
             self._bytes -= len(old.body)
         self._entries[key] = entry
         self._bytes += len(body)
@@ -129,22 +159,19 @@ class ResponseCache:
 
     def lookup(self, request: httpx.Request, max_age: float) -> httpx.Response | None:
         """The stored response for *request* if younger than *max_age* seconds, with ``Age``."""
-        credentials = _credentials(request)
-        prefix = (request.method, str(request.url), credentials)
-        now = self._clock.now()
-        for key, entry in reversed(self._entries.items()):
-            if key[:3] != prefix:
-                continue
-            if tuple(request.headers.get(name) for name in entry.vary) != entry.vary_values:
-                continue
-            age = now - entry.stored_at
-            if age >= max_age:
-                return None
-            self._entries.move_to_end(key)
-            headers = [*entry.headers, (b"Age", str(int(age)).encode())]
-            # Not ``content=``: that response would be read and closed already,
-            # and the client could not time it (``response.elapsed``) on reading.
-            return httpx.Response(
-                entry.status, headers=headers, stream=httpx.ByteStream(entry.body), request=request
-            )
-        return None
+        key = (request.method, str(request.url), _credentials(request))
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if tuple(request.headers.get(name) for name in entry.vary) != entry.vary_values:
+            return None
+        age = self._clock.now() - entry.stored_at
+        if age >= max_age:
+            return None
+        self._entries.move_to_end(key)
+        headers = [*entry.headers, (b"Age", str(int(age)).encode())]
+        # Not ``content=``: that response would be read and closed already,
+        # and the client could not time it (``response.elapsed``) on reading.
+        return httpx.Response(
+            entry.status, headers=headers, stream=httpx.ByteStream(entry.body), request=request
+        )

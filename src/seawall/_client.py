@@ -43,9 +43,7 @@ def _pooled_transport(policy: Policy, kwargs: dict[str, Any]) -> httpx.AsyncBase
     mounts = sorted(
         (
             URLPattern(pattern),
-            None
-            if url is None
-            else httpx.AsyncHTTPTransport(limits=limits, proxy=url, **options),
+            None if url is None else httpx.AsyncHTTPTransport(limits=limits, proxy=url, **options),
         )
         for pattern, url in proxies.items()
     )

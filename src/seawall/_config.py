@@ -13,6 +13,7 @@ part is optional.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -442,10 +443,8 @@ class Fallback:
     def __post_init__(self) -> None:
         methods = self.default_methods
         if isinstance(methods, Iterable) and not isinstance(methods, str | bytes | Mapping):
-            try:
+            with contextlib.suppress(TypeError):
                 object.__setattr__(self, "default_methods", frozenset(methods))
-            except TypeError:
-                pass
         problems: list[_Problem] = []
         if not isinstance(self.default_methods, frozenset) or not all(
             isinstance(m, str) and m.isupper() and m.isalpha() for m in self.default_methods

@@ -24,7 +24,7 @@ OutcomeUnknownError: the upstream may have acted on it.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -61,26 +61,6 @@ def origin_of(url: httpx.URL) -> str:
     return f"{url.scheme}://{url.host}:{port}"
 
 
-class _Replay(httpx.AsyncByteStream):
-    """A response body buffered inside the attempt, handed to the client as raw bytes.
-
-    Not an ``httpx.ByteStream``: the client reads (and decodes) it as it reads
-    any network stream, so ``response.elapsed`` and decoding work as usual.
-    """
-
-    __slots__ = ("_body",)
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        if self._body:
-            yield self._body
-
-    async def aclose(self) -> None:
-        pass
-
-
 def _unread(response: httpx.Response, request: httpx.Request) -> httpx.Response:
     """A fresh copy of an already-read response, for the client to read like any other.
 
@@ -99,7 +79,9 @@ def _unread(response: httpx.Response, request: httpx.Request) -> httpx.Response:
     return httpx.Response(
         response.status_code,
         headers=headers,
-        stream=_Replay(body),
+        # ``stream=``, unlike ``content=``, leaves it unread: the client
+        # reads and decodes it as any network stream (and sets ``elapsed``).
+        stream=httpx.ByteStream(body),
         extensions=dict(response.extensions),
         request=request,
     )
@@ -560,8 +542,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             assert failure is not None
             if permit >= 0:
                 if (
-                    isinstance(failure, _OUR_MISTAKE)
-                    or rt.ignore_on(failure)  # type: ignore[arg-type]
+                    isinstance(failure, _OUR_MISTAKE) or rt.ignore_on(failure)  # type: ignore[arg-type]
                 ):
                     # Says nothing of the upstream's health.
                     breaker.release(permit)  # type: ignore[union-attr]
@@ -692,7 +673,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             response.status_code,
             headers=response.headers,
-            stream=_Replay(body),
+            # ``stream=``, unlike ``content=``, leaves it unread: the client
+            # reads and decodes it as any network stream (and sets ``elapsed``).
+            stream=httpx.ByteStream(body),
             extensions={**response.extensions, "seawall.body": body},
         )
 

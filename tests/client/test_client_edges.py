@@ -116,3 +116,22 @@ async def test_environment_proxies_are_used_beneath_the_policy(
     report = seawall.report_of(response)
     assert report is not None
     assert report.outcome == "success"
+
+
+async def test_the_same_secret_as_a_cookie_and_as_a_bearer_token_are_different_credentials(
+    upstream: FaultyUpstream, policy: PolicyFactory, make_client: ClientFactory
+) -> None:
+    upstream.route("/me", Fault.ok(), Fault.error(500))
+    fallback = seawall.Fallback(stale_if_error=60)
+    async with make_client(
+        "dep", policy=policy(retry=None, fallback=fallback), base_url=upstream.url
+    ) as client:
+        first = await client.get("/me", headers={"Authorization": "s3cret"})
+        assert first.status_code == 200
+        as_cookie = await client.get("/me", headers={"Cookie": "s3cret"})
+        same_token = await client.get("/me", headers={"Authorization": "s3cret"})
+    assert as_cookie.status_code == 500
+    assert same_token.status_code == 200
+    report = seawall.report_of(same_token)
+    assert report is not None
+    assert report.fallback == "cache"

@@ -12,6 +12,7 @@ import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .._report import CallReport, Outcome
@@ -180,9 +181,7 @@ class _Engine:
             return False
         if self._meter_ready:
             return True
-        from opentelemetry.metrics import _internal as metrics_internal
-
-        if s.meter_provider is None and not _provider_set(metrics_internal, "_METER_PROVIDER"):
+        if s.meter_provider is None and not _provider_set(_metrics_internal, "_METER_PROVIDER"):
             return False
         provider = s.meter_provider or metrics.get_meter_provider()
         meter = provider.get_meter("seawall")
@@ -550,6 +549,10 @@ def log_call(report: CallReport, url: httpx.URL, span: trace.Span | None = None)
     level = _LEVELS[s.failure_log_level if failed else s.success_log_level]
     if level >= 100 or (not failed and not structlog.is_configured()):
         return
+    logger = _bound_logger()
+    is_enabled_for = getattr(logger, "is_enabled_for", None)
+    if is_enabled_for is not None and not is_enabled_for(level):
+        return  # filtered: don't build an event only to drop it
     fields = report.as_dict()
     timeouts = fields.pop("timeouts") or {}
     for phase, value in timeouts.items():
@@ -557,7 +560,30 @@ def log_call(report: CallReport, url: httpx.URL, span: trace.Span | None = None)
     fields["url"] = redact_url(url)
     if span is not None:
         fields.update(_trace_ids(span))
-    _logger.log(level, "seawall.call", **fields)
+    logger.log(level, "seawall.call", **fields)
+
+
+_bound: tuple[tuple[int, ...], Any] | None = None
+
+
+def _bound_logger() -> Any:
+    """seawall's logger, bound once per structlog configuration.
+
+    The module-level proxy binds anew on every call (over a microsecond); the
+    bound logger is kept until the app changes its configuration (the
+    wrapper, the processors or the logger factory: ``capture_logs`` included).
+    """
+    global _bound
+    config = structlog.get_config()
+    stamp = (
+        id(config["wrapper_class"]),
+        id(config["processors"]),
+        id(config["logger_factory"]),
+        id(config["context_class"]),
+    )
+    if _bound is None or _bound[0] != stamp:
+        _bound = (stamp, structlog.get_logger("seawall").bind())
+    return _bound[1]
 
 
 def start_call(dependency: str, method: str, inner: object) -> CallTelemetry | None:
