@@ -47,7 +47,8 @@ class CallReport:
     retry was then refused by an open breaker or a full bulkhead: ``outcome``
     says so); ``retry_stopped`` says why no further retry ran, when
     one was wanted (``not_idempotent``, ``unreplayable_body``,
-    ``budget_exhausted``, ``deadline``, ``retry_after_too_long``).
+    ``budget_exhausted``, ``deadline``, ``retry_after_too_long``, or the
+    rejection that refused it: ``circuit_open``, ``bulkhead_full``).
     """
 
     dependency: str
