@@ -28,7 +28,7 @@ pytest: $(STAMP)
 	$(PY) -m pytest -q
 
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir .site
 
 # The built wheel, installed alone in a fresh virtualenv: what users get.
 package: $(STAMP)
