@@ -37,9 +37,9 @@ async def main() -> None:
         async with seawall.ResilientClient("up", base_url=upstream.url) as client:
             response = await client.get("/ping")
             report = seawall.report_of(response)
-            assert (
-                response.status_code == 200 and report is not None and report.outcome == "success"
-            )
+            assert response.status_code == 200
+            assert report is not None
+            assert report.outcome == "success"
 
 
 anyio.run(main)
