@@ -57,9 +57,7 @@ def test_default_methods_are_validated_and_normalised() -> None:
 async def test_responses_that_forbid_stale_use_are_never_served_stale(
     upstream: FaultyUpstream, policy: PolicyFactory, make_client: ClientFactory, cache_control: str
 ) -> None:
-    upstream.route(
-        "/items", Fault(headers={"Cache-Control": cache_control}), Fault.error(500)
-    )
+    upstream.route("/items", Fault(headers={"Cache-Control": cache_control}), Fault.error(500))
     fallback = seawall.Fallback(stale_if_error=60)
     async with make_client(
         "dep", policy=policy(retry=None, fallback=fallback), base_url=upstream.url
