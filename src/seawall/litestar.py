@@ -114,7 +114,8 @@ class ResiliencePlugin(InitPlugin):
                 media_type="application/problem+json",
             )
 
-        app_config.exception_handlers[SeawallError] = handle
+        # The app's own handler for SeawallError, if any, wins.
+        app_config.exception_handlers.setdefault(SeawallError, handle)
         # Litestar answers every error inside the app, so ResilienceMiddleware
         # never sees a seawall call's timeouts (httpx's, or the attempt
         # timeout's TimeoutError): map them here too, unless the app has its own.

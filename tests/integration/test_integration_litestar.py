@@ -313,3 +313,23 @@ async def test_the_apps_own_exception_handlers_keep_answering_other_errors(
     assert (own_timeout.status_code, own_timeout.json()) == (418, {"mine": "TimeoutError"})
     assert (config_error.status_code, config_error.json()) == (418, {"mine": "ConfigError"})
     assert_problem(seawall_timeout, 504, "timeout", "payments")
+
+
+async def test_the_apps_own_seawall_error_handler_is_kept() -> None:
+    @get("/")
+    async def refused() -> None:
+        raise seawall.CircuitOpenError("open", dependency="payments")
+
+    def mine(request: Any, exc: Exception) -> Response[str]:
+        return Response("ours", status_code=418)
+
+    app = Litestar(
+        route_handlers=[refused],
+        plugins=[seawall.litestar.ResiliencePlugin(seawall.Registry())],
+        exception_handlers={seawall.SeawallError: mine},
+        logging_config=None,
+    )
+    async with asgi_client(app) as client:
+        response = await client.get("/")
+    assert response.status_code == 418
+    assert response.text == "ours"
