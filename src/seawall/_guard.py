@@ -187,8 +187,6 @@ class Guard:
         breaker = rt.breaker
         bulkhead = rt.bulkhead
         budget = rt.budget
-        if budget is not None:
-            budget.record_call()
         last: Exception | None = None
         while True:
             attempts += 1
@@ -227,6 +225,10 @@ class Guard:
                 if permit >= 0:
                     breaker.release(permit)  # type: ignore[union-attr]
                 raise
+            if attempts == 1 and budget is not None:
+                # The budget counts calls that reached the dependency: one
+                # refused outright earns no retries (and costs less).
+                budget.record_call()
             limit = attempt_limit
             by_deadline = False
             if deadline_at is not None:
