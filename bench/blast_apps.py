@@ -113,38 +113,11 @@ def peers(payments: str, catalog: str) -> Starlette:
 
 def seawall_variant(payments: str, catalog: str) -> Starlette:
     import seawall
+    from seawall._demo.apps import seawall_registry
     from seawall.asgi import ResilienceMiddleware
 
-    registry = seawall.Registry()
-    registry.add(
-        "payments",
-        base_url=payments,
-        policy=seawall.Policy(
-            timeouts=seawall.Timeouts(connect=1.0, read=2.0, attempt=2.0, total=3.0),
-            retry=seawall.Retry(attempts=2, backoff=seawall.Backoff(initial=0.05, maximum=0.5)),
-            bulkhead=seawall.Bulkhead(max_concurrent=20),
-            breaker=seawall.CircuitBreaker(
-                failure_rate_threshold=0.5,
-                slow_call_rate_threshold=0.8,
-                slow_call_duration=1.0,
-                window_size=20,
-                minimum_calls=10,
-                open_duration=5.0,
-            ),
-            pool=seawall.Pool(max_connections=30, max_keepalive=30),
-        ),
-    )
-    registry.add(
-        "catalog",
-        base_url=catalog,
-        policy=seawall.Policy(
-            timeouts=seawall.Timeouts(connect=1.0, read=1.0, attempt=1.0, total=2.0),
-            retry=seawall.Retry(attempts=2, backoff=seawall.Backoff(initial=0.02, maximum=0.2)),
-            bulkhead=seawall.Bulkhead(max_concurrent=50),
-            fallback=seawall.Fallback(stale_if_error=300),
-            pool=seawall.Pool(max_connections=50, max_keepalive=50),
-        ),
-    )
+    # The same policies as `seawall demo`'s.
+    registry = seawall_registry(payments, catalog)
 
     async def pay(request: Request) -> JSONResponse:
         order = f"o{next(_orders)}"

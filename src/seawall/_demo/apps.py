@@ -87,8 +87,12 @@ def plain_app(upstream: str) -> Starlette:
     )
 
 
-def seawall_registry(upstream: str) -> seawall.Registry:
-    """The demo's policies, as a user would write them (see docs/)."""
+def seawall_registry(upstream: str, catalog: str | None = None) -> seawall.Registry:
+    """The demo's policies, as a user would write them (see docs/).
+
+    ``catalog`` is the catalog's own base URL where it differs from payments'
+    (bench/blast_radius.py uses these same policies).
+    """
     registry = seawall.Registry()
     registry.add(
         "payments",
@@ -111,7 +115,7 @@ def seawall_registry(upstream: str) -> seawall.Registry:
     )
     registry.add(
         "catalog",
-        base_url=upstream,
+        base_url=catalog or upstream,
         policy=seawall.Policy(
             timeouts=seawall.Timeouts(connect=1.0, read=1.0, attempt=1.0, total=2.0),
             retry=seawall.Retry(attempts=2, backoff=seawall.Backoff(initial=0.02, maximum=0.2)),
