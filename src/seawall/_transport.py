@@ -39,7 +39,6 @@ from ._exceptions import (
     DeadlineExceededError,
     OutcomeUnknownError,
     RejectedError,
-    SeawallError,
 )
 from ._report import CallReport, Outcome, attach, report_of
 from ._retry import backoff_delay, backoff_sleep, parse_retry_after
@@ -117,10 +116,6 @@ class _Endpoint:
         self.url = httpx.URL(self.prefix)
         self.origin = origin_of(self.url)
         self.breaker = breaker
-
-
-class _Failure(Exception):
-    """Internal: an attempt's failure, classified."""
 
 
 class AttemptTimeout(httpx.ReadTimeout, TimeoutError):
@@ -857,6 +852,3 @@ class _CallState:
             deadline_remaining=self.deadline_remaining,
             retry_stopped=self.retry_stopped,
         )
-
-
-del _Failure, SeawallError
