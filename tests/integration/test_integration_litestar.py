@@ -162,7 +162,8 @@ async def test_seawall_errors_become_problems(upstream: FaultyUpstream, clock: M
     async def slow(fwd: Client) -> Any:
         return (await fwd.get("/hang")).json()
 
-    app = make_app(registry, [opened, quota, charge, slow], deadline=0.15)
+    # The 0.1 s attempt timeout cuts the charge well before this deadline does.
+    app = make_app(registry, [opened, quota, charge, slow], deadline=0.6)
     async with run_lifespan(app), asgi_client(app) as client:
         with anyio.fail_after(5):
             unknown = await client.post("/charge")

@@ -712,13 +712,17 @@ class FaultyUpstream:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         tasks: set[asyncio.Task[None]] = set()
-        accepting = asyncio.create_task(self._accept(listener, tasks))
+        # Accept in a reader callback, not in a task awaiting sock_accept: a
+        # task cancelled just as its accept completed would drop the accepted
+        # socket unclosed (a ResourceWarning in whoever's process this is).
+        listener.setblocking(False)
+        fd = listener.fileno()
+        self._loop.add_reader(fd, self._accept_ready, listener, tasks)
         ready.set()
         try:
             await self._stop_event.wait()
         finally:
-            accepting.cancel()
-            await asyncio.wait([accepting])
+            self._loop.remove_reader(fd)
             listener.close()
             # Cancel every connection, blackholed ones included; each task's done
             # callback closes its socket even if the task never got to run.
@@ -729,17 +733,19 @@ class FaultyUpstream:
                 await asyncio.wait(pending)
             self._loop = None
 
-    async def _accept(self, listener: socket.socket, tasks: set[asyncio.Task[None]]) -> None:
+    def _accept_ready(self, listener: socket.socket, tasks: set[asyncio.Task[None]]) -> None:
+        """Accept every pending connection (called when the listener is readable)."""
         loop = asyncio.get_running_loop()
         while True:
             try:
-                sock, _ = await loop.sock_accept(listener)
-            except (ConnectionAbortedError, InterruptedError):
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
                 continue
             except OSError:  # pragma: no cover - e.g. out of file descriptors
                 _log.exception("FaultyUpstream accept failed")
-                await asyncio.sleep(0.01)
-                continue
+                return
             sock.setblocking(False)
             # Explicitly, whatever the platform default: without it each small
             # response can wait ~40 ms for the client's delayed ACK.
