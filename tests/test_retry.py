@@ -525,3 +525,15 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
         assert result is None
     else:
         assert result == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("multiplier", "retry"),
+    [
+        pytest.param(1e6, 53, id="huge-multiplier"),
+        pytest.param(2.0, 5000, id="many-retries"),
+    ],
+)
+def test_backoff_never_overflows(multiplier: float, retry: int) -> None:
+    backoff = seawall.Backoff(initial=0.1, maximum=7.0, multiplier=multiplier, jitter=False)
+    assert backoff.delay(retry, lambda: 1.0) == 7.0

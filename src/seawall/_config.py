@@ -199,8 +199,10 @@ class Backoff:
 
     def delay(self, retry: int, random: Callable[[], float]) -> float:
         """The wait before retry number *retry* (1 for the first retry)."""
-        cap = self.initial * self.multiplier ** (retry - 1) if retry < 64 else self.maximum
-        cap = min(cap, self.maximum)
+        try:
+            cap = min(self.initial * float(self.multiplier) ** (retry - 1), self.maximum)
+        except OverflowError:  # a huge multiplier or retry count: past any maximum
+            cap = self.maximum
         return cap * random() if self.jitter else cap
 
 
