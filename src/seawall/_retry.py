@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from ._clock import Clock, sleep_disabled
 from ._config import Backoff, RetryBudget
 
-__all__ = ["BudgetTracker", "backoff_sleep", "parse_retry_after"]
+__all__ = ["BudgetTracker", "backoff_delay", "backoff_sleep", "parse_retry_after"]
 
 
 class BudgetTracker:
