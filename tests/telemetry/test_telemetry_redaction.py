@@ -117,11 +117,12 @@ async def test_secrets_appear_in_no_span_metric_or_log(
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("https://user:pw@api.example/v1?x=1", "https://api.example/v1?x=1"),
+        # Every query value is redacted unless its key is allow-listed (paging by default).
+        ("https://user:pw@api.example/v1?x=1", "https://api.example/v1?x=REDACTED"),
         (
-            "https://api.example/v1?Token=a&API_KEY=b&Sig=c&X-Amz-Signature=d&keep=e",
+            "https://api.example/v1?Token=a&API_KEY=b&Sig=c&X-Amz-Signature=d&page=e",
             "https://api.example/v1?Token=REDACTED&API_KEY=REDACTED&Sig=REDACTED"
-            "&X-Amz-Signature=REDACTED&keep=e",
+            "&X-Amz-Signature=REDACTED&page=e",
         ),
         (
             "https://api.example/v1?token=a&token=b",

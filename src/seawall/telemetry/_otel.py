@@ -16,6 +16,7 @@ from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .._report import CallReport, Outcome
+from . import _redact
 
 if TYPE_CHECKING:
     import httpx
@@ -61,31 +62,6 @@ _STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2, "forced_open": 3, "disab
 # under five seconds would land in one bucket and no quantile could be read.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
-# Query keys whose values never reach a span, a metric or a log (semconv's list
-# and the usual suspects).
-SENSITIVE_QUERY_KEYS = frozenset(
-    {
-        "awsaccesskeyid",
-        "signature",
-        "sig",
-        "x-goog-signature",
-        "x-amz-signature",
-        "x-amz-credential",
-        "x-amz-security-token",
-        "token",
-        "access_token",
-        "refresh_token",
-        "id_token",
-        "api_key",
-        "apikey",
-        "key",
-        "password",
-        "secret",
-        "client_secret",
-        "code",
-    }
-)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TelemetrySettings:
@@ -100,6 +76,9 @@ class TelemetrySettings:
     #: Attempt (CLIENT) spans: "auto" adds them unless opentelemetry-instrumentation-httpx
     #: already makes one per physical request on the inner transport.
     attempt_spans: Literal["auto", "on", "off"] = "auto"
+    #: Query keys whose values may appear in ``url.full`` and log events; every
+    #: other query value is shown as ``REDACTED`` (see docs/security.md).
+    query_allowlist: frozenset[str] = _redact.DEFAULT_QUERY_ALLOWLIST
 
 
 _settings = TelemetrySettings()
@@ -131,16 +110,8 @@ def disable() -> TelemetrySettings:
 
 
 def redact_url(url: httpx.URL) -> str:
-    """``url.full`` for telemetry: no credentials, no sensitive query values."""
-    if url.userinfo:
-        url = url.copy_with(username=None, password=None)
-    if url.query:
-        params = [
-            (k, "REDACTED" if k.lower() in SENSITIVE_QUERY_KEYS else v)
-            for k, v in url.params.multi_items()
-        ]
-        url = url.copy_with(params=params)
-    return str(url)
+    """``url.full`` for telemetry: no credentials, only allow-listed query values."""
+    return _redact.redact_url(url, _settings.query_allowlist)
 
 
 def _provider_set(module: Any, attr: str) -> bool:
