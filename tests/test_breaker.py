@@ -22,6 +22,7 @@ from seawall import (
     Timeouts,
     Transition,
 )
+from seawall._breaker import _TimeWindow
 from seawall.testing import ManualClock
 
 CLOSED = BreakerState.CLOSED
@@ -71,12 +72,15 @@ def trip(breaker: Breaker) -> None:
 
 
 def to_half_open(breaker: Breaker, clock: ManualClock) -> None:
+    """Really HALF_OPEN: the open time is up, and a call has made the transition."""
     if breaker.state is CLOSED:
         trip(breaker)
     retry_after = breaker.retry_after
     assert retry_after is not None
     clock.advance(retry_after)
-    assert breaker.state is HALF_OPEN
+    assert breaker.state is HALF_OPEN  # reads so...
+    breaker.release(breaker.acquire())  # ...and a cancelled probe makes it so
+    assert breaker._state is HALF_OPEN
 
 
 # -- config defaults -------------------------------------------------------------------
@@ -306,24 +310,53 @@ def test_rejections_are_fresh_errors() -> None:
     assert errors[0] is not errors[1]
 
 
-@pytest.mark.parametrize("how", ["state", "acquire", "statistics", "would_admit"])
-def test_open_goes_half_open_lazily_after_open_duration(how: str) -> None:
-    breaker, clock = make(open_duration=10.0)
-    trip(breaker)
+def read_everything(
+    breaker: Breaker,
+) -> tuple[BreakerState, float | None, BreakerStatistics, bool, str]:
+    """Every reader of the breaker, as a gauge, a snapshot or a log line would use them."""
+    return (
+        breaker.state,
+        breaker.retry_after,
+        breaker.statistics(),
+        breaker.would_admit(),
+        repr(breaker),
+    )
+
+
+def test_reading_an_elapsed_open_breaker_reads_half_open_and_changes_nothing() -> None:
+    breaker, clock = make(open_duration=10.0, half_open_calls=2)
+    calls(breaker, "SFFF")
     seen = listen(breaker)
     clock.advance(9.999)
     assert breaker.state is OPEN
     clock.advance(0.001)
-    assert seen == []  # lazy: nothing happens until someone looks
-    if how == "state":
-        assert breaker.state is HALF_OPEN
-    elif how == "acquire":
-        breaker.acquire()
-        assert breaker.statistics().half_open_permits_in_use == 1
-    elif how == "statistics":
-        assert breaker.statistics().state is HALF_OPEN
-    else:
-        assert breaker.would_admit()
+    for _ in range(3):  # a scrape every few seconds, say
+        state, retry_after, stats, admits, text = read_everything(breaker)
+        assert state is HALF_OPEN
+        assert retry_after is None
+        assert (stats.state, stats.calls, stats.failures, stats.retry_after) == (
+            HALF_OPEN,
+            0,
+            0,
+            None,
+        )
+        assert (stats.half_open_permits_in_use, stats.consecutive_openings) == (0, 1)
+        assert admits
+        assert "half_open" in text
+    assert seen == []  # no listener ran...
+    assert breaker._state is OPEN  # ...and no transition was recorded
+
+
+def test_the_next_acquire_performs_the_half_open_transition() -> None:
+    breaker, clock = make(open_duration=10.0, half_open_calls=2)
+    trip(breaker)
+    seen = listen(breaker)
+    during: list[BreakerState] = []
+    breaker.on_transition(lambda t: during.append(breaker._state))
+    clock.advance(10.0)
+    read_everything(breaker)
+    assert seen == []
+    breaker.acquire()
     assert seen == [
         Transition(
             dependency="db",
@@ -331,11 +364,83 @@ def test_open_goes_half_open_lazily_after_open_duration(how: str) -> None:
             from_state=OPEN,
             to_state=HALF_OPEN,
             reason="open_duration_elapsed",
-            at=clock.now(),
+            at=10.0,
             open_for=None,
         )
     ]
+    assert during == [HALF_OPEN]
+    assert breaker._state is HALF_OPEN
+    assert breaker.statistics().half_open_permits_in_use == 1
     assert breaker.retry_after is None
+
+
+@pytest.mark.parametrize("how", ["record", "release"])
+def test_a_stale_outcome_does_not_perform_the_half_open_transition(how: str) -> None:
+    breaker, clock = make(open_duration=10.0)
+    permit = breaker.acquire()  # admitted while CLOSED
+    trip(breaker)
+    seen = listen(breaker)
+    clock.advance(10.0)
+    if how == "record":
+        breaker.record(permit, 0.0, False)
+    else:
+        breaker.release(permit)
+    assert seen == []
+    assert breaker._state is OPEN
+    assert breaker.state is HALF_OPEN
+
+
+@pytest.mark.parametrize(
+    ("method", "to", "reason"),
+    [
+        pytest.param("force_open", FORCED_OPEN, "forced_open", id="force_open"),
+        pytest.param("force_closed", CLOSED, "forced_closed", id="force_closed"),
+        pytest.param("disable", DISABLED, "disabled", id="disable"),
+        pytest.param("reset", CLOSED, "reset", id="reset"),
+    ],
+)
+def test_a_manual_change_of_an_elapsed_open_breaker_leaves_half_open(
+    method: str, to: BreakerState, reason: str
+) -> None:
+    """Listeners hear the change from the state ``state`` reported, pending transition first."""
+    breaker, clock = make(open_duration=10.0)
+    trip(breaker)
+    seen = listen(breaker)
+    clock.advance(10.0)
+    assert breaker.state is HALF_OPEN
+    getattr(breaker, method)()
+    assert [(t.from_state, t.to_state, t.reason) for t in seen] == [
+        (OPEN, HALF_OPEN, "open_duration_elapsed"),
+        (HALF_OPEN, to, reason),
+    ]
+
+
+def test_an_open_breaker_whose_time_is_not_up_changes_by_hand_in_one_step() -> None:
+    breaker, clock = make(open_duration=10.0)
+    trip(breaker)
+    seen = listen(breaker)
+    clock.advance(9.0)
+    breaker.force_open()
+    assert [(t.from_state, t.to_state) for t in seen] == [(OPEN, FORCED_OPEN)]
+
+
+def test_reading_a_time_window_does_not_roll_it() -> None:
+    breaker, clock = make(
+        window="time", window_size=10.0, minimum_calls=2, failure_rate_threshold=0.75
+    )
+    calls(breaker, "SF")
+    window = breaker._window
+    assert isinstance(window, _TimeWindow)
+    before = (window._epoch, list(window._calls), window.calls)
+    clock.advance(5.0)
+    stats = breaker.statistics()
+    assert (stats.calls, stats.failures) == (2, 1)
+    clock.advance(5.0)  # both calls have left the window
+    stats = breaker.statistics()
+    assert (stats.calls, stats.failures, stats.failure_rate) == (0, 0, None)
+    assert (window._epoch, list(window._calls), window.calls) == before
+    call(breaker)  # the next call rolls it
+    assert breaker.statistics().calls == window.calls == 1
 
 
 # -- HALF_OPEN -----------------------------------------------------------------------

@@ -7,6 +7,14 @@ aggregated windows (a ring of codes, a ring of buckets) must agree with it.
 The time window's model is the breaker's documented bucketing: 20 buckets of
 width ``window_size / 20``, a call at time t in bucket ``floor(t / width)``, the
 window being the newest 20 buckets, the current one included.
+
+Reading is pure: the invariants read the breaker after every step, and the
+model's questions change nothing. An OPEN breaker whose time is up *reads*
+HALF_OPEN, but the transition (and its listeners) waits for the next
+``acquire()`` or manual change; ``record()`` and ``release()`` never make it
+(no permit belongs to an OPEN generation). The transitions the breaker
+announced must match the model's exactly, so a reader that made a transition
+would show up as an extra one.
 """
 
 from __future__ import annotations
@@ -79,7 +87,7 @@ class Model:
     def __init__(self, config: CircuitBreaker, clock: ManualClock) -> None:
         self.cfg = config
         self.clock = clock
-        self.state = CLOSED
+        self.state = CLOSED  # recorded: what the last transition set
         self.epoch = 0
         self.outcomes: list[Outcome] = []  # every call recorded since the window was emptied
         self.probes: list[Outcome] = []  # recorded probes of this HALF_OPEN
@@ -89,7 +97,13 @@ class Model:
         self.consecutive = 0
         self.transitions: list[tuple[BreakerState, BreakerState, str, float, float | None]] = []
 
-    # -- questions -------------------------------------------------------------------
+    # -- questions (they change nothing) ------------------------------------------------
+
+    def effective(self) -> BreakerState:
+        """The state a reader sees: an OPEN whose time is up reads HALF_OPEN."""
+        if self.state is OPEN and self.clock.now() >= self.opened_at + self.open_for:
+            return HALF_OPEN
+        return self.state
 
     def window(self) -> list[Outcome]:
         cfg = self.cfg
@@ -100,28 +114,28 @@ class Model:
         return [o for o in self.outcomes if math.floor(o.at / width) > current - BUCKETS]
 
     def probes_in_use(self) -> int:
-        if self.state is not HALF_OPEN:
+        if self.effective() is not HALF_OPEN:
             return 0
+        # A pending HALF_OPEN has none: no permit belongs to an OPEN epoch.
         return sum(p.epoch == self.epoch for p in self.outstanding)
 
     def admits(self) -> bool:
-        self.tick()
-        if self.state is CLOSED or self.state is DISABLED:
+        state = self.effective()
+        if state is CLOSED or state is DISABLED:
             return True
-        if self.state is HALF_OPEN:
+        if state is HALF_OPEN:
             return self.probes_in_use() + len(self.probes) < self.cfg.half_open_calls
         return False
 
     def retry_after(self) -> float | None:
-        self.tick()
-        if self.state is OPEN:
+        if self.effective() is OPEN:
             return max(0.0, self.opened_at + self.open_for - self.clock.now())
         return None
 
     # -- changes -------------------------------------------------------------------
 
     def tick(self) -> None:
-        """OPEN becomes HALF_OPEN once its time is up."""
+        """OPEN becomes HALF_OPEN once its time is up: on a call or a manual change only."""
         if self.state is OPEN and self.clock.now() >= self.opened_at + self.open_for:
             self.go(HALF_OPEN, "open_duration_elapsed")
 
@@ -154,7 +168,6 @@ class Model:
 
     def record(self, permit: Permit, duration: float, failed: bool) -> None:
         self.outstanding.remove(permit)
-        self.tick()
         if permit.epoch != self.epoch:
             return  # stale
         outcome = Outcome(self.clock.now(), failed, duration >= SLOW_CALL_DURATION)
@@ -185,7 +198,6 @@ class Model:
 
     def release(self, permit: Permit) -> None:
         self.outstanding.remove(permit)
-        self.tick()
 
 
 class BreakerMachine(RuleBasedStateMachine):
@@ -240,20 +252,19 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule(steps=STEPS)
     def advance(self, steps: float) -> None:
         self.clock.advance(steps * self.width)
-        self.model.tick()
 
-    @precondition(lambda self: self.model.state is OPEN)
+    @precondition(lambda self: self.model.effective() is OPEN)
     @rule(early=st.booleans())
     def advance_to_the_end_of_the_open_time(self, early: bool) -> None:
         left = self.model.opened_at + self.model.open_for - self.clock.now()
         self.clock.advance(max(0.0, left - (0.001 if early else 0.0)))
-        self.model.tick()
 
     @rule()
     def acquire(self) -> None:
         expected = self.model.admits()
         assert self.breaker.would_admit() is expected
         retry_after = self.model.retry_after()
+        self.model.tick()  # the call makes a pending HALF_OPEN real
         if expected:
             self.model.admit().real = self.breaker.acquire()
         else:
@@ -314,20 +325,20 @@ class BreakerMachine(RuleBasedStateMachine):
 
     @invariant()
     def same_state(self) -> None:
-        self.model.tick()
-        assert self.breaker.state is self.model.state
+        assert self.breaker.state is self.model.effective()
+        assert self.breaker._state is self.model.state  # the engine's raw read
 
     @invariant()
     def same_statistics(self) -> None:
         model = self.model
-        model.tick()
         stats = self.breaker.statistics()
-        assert stats.state is model.state
+        state = model.effective()
+        assert stats.state is state
         assert stats.consecutive_openings == model.consecutive
         assert stats.retry_after == model.retry_after()
         assert stats.half_open_permits_in_use == model.probes_in_use()
         assert stats.half_open_permits_in_use <= model.cfg.half_open_calls
-        if model.state is CLOSED:
+        if state is CLOSED:
             window = model.window()
             if len(window) < len(model.outcomes) and currently_in_test_context():
                 event("calls fell out of the window")
@@ -341,11 +352,11 @@ class BreakerMachine(RuleBasedStateMachine):
             else:
                 assert stats.failure_rate == failures / calls
                 assert stats.slow_call_rate == slow / calls
-        elif model.state is HALF_OPEN:
+        elif state is HALF_OPEN:
             assert stats.calls == len(model.probes)
             assert stats.failures == sum(o.failed for o in model.probes)
             assert stats.slow_calls == sum(o.slow for o in model.probes)
-        elif model.state is not OPEN:
+        elif state is not OPEN:
             assert (stats.calls, stats.failures, stats.slow_calls) == (0, 0, 0)
 
     @invariant()

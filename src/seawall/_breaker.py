@@ -17,6 +17,13 @@ Two properties our Python peers lack:
 The window is aggregated: a ring of outcome codes for a count window, a ring
 of per-interval buckets for a time window. Work per call is O(1) and memory is
 bounded by the window size, never a list of every call.
+
+Reading never changes anything. OpenTelemetry's gauges read ``state`` and
+``statistics()`` on the metrics reader's thread, so a getter that made a
+transition would change the breaker (and run its listeners) off the event loop
+at every scrape. An OPEN breaker whose time is up *reads* HALF_OPEN; the
+transition itself happens on the next ``acquire()`` (or manual change), on the
+caller's thread.
 """
 
 from __future__ import annotations
@@ -135,8 +142,9 @@ class _CountWindow:
         self.failures += failed
         self.slow += slow
 
-    def roll(self, now: float) -> None:
-        """Count windows do not age."""
+    def totals(self, now: float) -> tuple[int, int, int]:
+        """(calls, failures, slow calls) now: count windows do not age."""
+        return self.calls, self.failures, self.slow
 
     def clear(self) -> None:
         self._codes = bytearray(self.size)
@@ -189,6 +197,21 @@ class _TimeWindow:
             self._calls[i] = self._failures[i] = self._slow[i] = 0
         self._epoch = epoch
 
+    def totals(self, now: float) -> tuple[int, int, int]:
+        """(calls, failures, slow calls) as ``roll(now)`` would leave them, changing nothing."""
+        calls, failures, slow = self.calls, self.failures, self.slow
+        last = self._epoch
+        if last is None:
+            return calls, failures, slow
+        n = self._buckets
+        # Empty when the clock is still in the newest interval: range(a, b <= a).
+        for e in range(last + 1, last + 1 + min(math.floor(now / self._width) - last, n)):
+            i = e % n
+            calls -= self._calls[i]
+            failures -= self._failures[i]
+            slow -= self._slow[i]
+        return calls, failures, slow
+
     def add(self, failed: bool, slow: bool, now: float) -> None:
         self.roll(now)
         i = self._epoch % self._buckets  # type: ignore[operator]
@@ -214,6 +237,17 @@ class Breaker:
     ``guard(...).breaker``; it is built from a frozen
     :class:`~seawall.CircuitBreaker` config and a clock. All of its methods are
     synchronous and never wait.
+
+    Only the call protocol (``acquire``, ``record``, ``release``) and the manual
+    methods change the breaker; they belong to the event loop's thread. The
+    readers (``state``, ``retry_after``, ``statistics()``, ``would_admit()``)
+    change nothing, run no listener, and may be called from any thread (a
+    metrics reader's), where they see each figure as of some recent moment.
+
+    ``_state`` is the *recorded* state, the one the last transition set: the
+    engine reads ``breaker._state.value`` for call reports, where it costs one
+    attribute lookup. It lags ``state`` only while an OPEN breaker's time is up
+    and no call has come since.
     """
 
     __slots__ = (
@@ -279,22 +313,25 @@ class Breaker:
 
     @property
     def state(self) -> BreakerState:
-        """The current state (an OPEN breaker whose time is up reads HALF_OPEN)."""
-        if self._state is OPEN and self._clock.now() >= self._opened_at + self._open_for:
-            self._transition(HALF_OPEN, "open_duration_elapsed")
-        return self._state
+        """The current state (an OPEN breaker whose time is up reads HALF_OPEN).
+
+        Reading changes nothing: the OPEN -> HALF_OPEN transition, and its
+        listeners, happen on the next call (or manual change).
+        """
+        return self._effective(self._clock.now())
 
     @property
     def retry_after(self) -> float | None:
         """Seconds until an OPEN breaker lets probes through; None in other states."""
-        if self.state is OPEN:
-            return max(0.0, self._opened_at + self._open_for - self._clock.now())
-        return None
+        now = self._clock.now()
+        return self._retry_after(self._effective(now), now)
 
     def statistics(self) -> BreakerStatistics:
-        """A frozen snapshot of the state and the window's figures."""
-        state = self.state
+        """A frozen snapshot of the state and the window's figures (changes nothing)."""
+        now = self._clock.now()
+        state = self._effective(now)
         if state is HALF_OPEN:
+            # Every transition zeroes these: a pending HALF_OPEN reads no probes.
             calls, failures, slow = (
                 self._half_open_done,
                 self._half_open_failures,
@@ -302,8 +339,7 @@ class Breaker:
             )
             enough = calls > 0
         else:
-            self._window.roll(self._clock.now())
-            calls, failures, slow = self._window.calls, self._window.failures, self._window.slow
+            calls, failures, slow = self._window.totals(now)
             enough = calls >= self.config.minimum_calls
         return BreakerStatistics(
             state=state,
@@ -312,7 +348,7 @@ class Breaker:
             calls=calls,
             failures=failures,
             slow_calls=slow,
-            retry_after=self.retry_after,
+            retry_after=self._retry_after(state, now),
             consecutive_openings=self._consecutive,
             half_open_permits_in_use=(
                 self._half_open_issued - self._half_open_done if state is HALF_OPEN else 0
@@ -321,20 +357,27 @@ class Breaker:
 
     # -- manual control ----------------------------------------------------------
 
+    # Each first makes a pending OPEN -> HALF_OPEN real, so that listeners hear
+    # the change from the state that ``state`` reported.
+
     def force_open(self) -> None:
         """Reject every call until ``force_closed()``, ``reset()`` or ``disable()``."""
+        self._settle()
         self._transition(FORCED_OPEN, "forced_open")
 
     def force_closed(self) -> None:
         """Go to CLOSED with an empty window (the count of consecutive openings stays)."""
+        self._settle()
         self._transition(CLOSED, "forced_closed")
 
     def disable(self) -> None:
         """Admit every call and record nothing, until ``force_closed()`` or ``reset()``."""
+        self._settle()
         self._transition(DISABLED, "disabled")
 
     def reset(self) -> None:
         """Like ``force_closed()``, and forget the count of consecutive openings."""
+        self._settle()
         self._consecutive = 0
         self._transition(CLOSED, "reset")
 
@@ -375,7 +418,7 @@ class Breaker:
         return self._gen
 
     def would_admit(self) -> bool:
-        """Whether ``acquire()`` would admit a call now (takes no permit)."""
+        """Whether ``acquire()`` would admit a call now (takes no permit, changes nothing)."""
         state = self.state
         if state is CLOSED or state is DISABLED:
             return True
@@ -384,7 +427,12 @@ class Breaker:
         return False
 
     def record(self, permit: int, duration: float, failed: bool) -> None:
-        """Record the outcome of an admitted call."""
+        """Record the outcome of an admitted call.
+
+        No permit belongs to an OPEN generation, so an outcome that arrives
+        while the recorded state is OPEN is stale: record (and release) never
+        need to settle a pending HALF_OPEN.
+        """
         if permit != self._gen:
             return  # admitted under an earlier state: its outcome is stale
         slow = duration >= self._slow_after
@@ -419,6 +467,24 @@ class Breaker:
             self._half_open_issued -= 1
 
     # -- internals -------------------------------------------------------------
+
+    def _effective(self, now: float) -> BreakerState:
+        # The recorded state first: _open() sets the times before the state, so
+        # a reader on another thread never pairs a fresh OPEN with old times.
+        state = self._state
+        if state is OPEN and now >= self._opened_at + self._open_for:
+            return HALF_OPEN
+        return state
+
+    def _retry_after(self, state: BreakerState, now: float) -> float | None:
+        if state is OPEN:
+            return max(0.0, self._opened_at + self._open_for - now)
+        return None
+
+    def _settle(self) -> None:
+        """Make a pending OPEN -> HALF_OPEN real (callers' path only, never a reader's)."""
+        if self._effective(self._clock.now()) is not self._state:
+            self._transition(HALF_OPEN, "open_duration_elapsed")
 
     def _rejection(self) -> CircuitOpenError:
         # OPEN rejects in acquire() itself, with the time left it computed there.
