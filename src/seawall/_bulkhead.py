@@ -92,6 +92,18 @@ class BulkheadHandle:
             return token
         raise self.rejection()
 
+    async def acquire_within(self, seconds: float) -> object | None:
+        """Take a slot, waiting at most *seconds* (ignoring ``max_wait``); None if none came."""
+        token = self.try_acquire()
+        if token is not None:
+            return token
+        token = object()
+        with anyio.move_on_after(seconds):
+            await self._limiter.acquire_on_behalf_of(token)
+            self._in_use += 1
+            return token
+        return None
+
     def release(self, token: object) -> None:
         self._in_use -= 1
         self._limiter.release_on_behalf_of(token)

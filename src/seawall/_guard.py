@@ -20,7 +20,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from types import TracebackType
-from typing import ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import anyio
 
@@ -28,12 +28,23 @@ from ._breaker import Breaker
 from ._bulkhead import BulkheadHandle
 from ._clock import Clock
 from ._config import Policy
-from ._deadline import _current as _ambient
-from ._exceptions import DeadlineExceededError, RejectedError, SeawallError
+from ._engine import (
+    ANSWER,
+    Call,
+    Decision,
+    Route,
+    Stop,
+    deadline_of,
+    queue_for_slot,
+    retry,
+    run_call,
+    stop,
+)
+from ._exceptions import DeadlineExceededError, OutcomeUnknownError, RejectedError, SeawallError
 from ._registry import Registry, default_registry
-from ._report import CallReport, Outcome, attach
-from ._retry import backoff_delay, backoff_sleep
+from ._report import CallReport, Outcome, RetryReason, attach, report_of
 from ._runtime import Runtime
+from .telemetry._otel import log_call, start_call, success_logged
 
 __all__ = ["Guard", "guard"]
 
@@ -65,9 +76,9 @@ def guard(
 
 def _retry_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
-        return "timeout"
+        return RetryReason.TIMEOUT
     if isinstance(exc, ConnectionError):
-        return "connection_error"
+        return RetryReason.CONNECTION_ERROR
     return type(exc).__name__
 
 
@@ -87,26 +98,43 @@ _entries: ContextVar[tuple[_Entry, ...]] = ContextVar("seawall_guard_entries", d
 
 
 class _Entry:
-    __slots__ = ("attempt_cut", "permit", "scope", "start", "token")
+    __slots__ = ("attempt_cut", "call", "permit", "scope", "t0", "token")
 
     def __init__(self) -> None:
         self.permit: int | None = None
         self.token: object | None = None
         self.scope: anyio.CancelScope | None = None
         self.attempt_cut = False
-        self.start = 0.0
+        self.t0 = 0.0
+        self.call: Call
+
+
+class _GuardCall(Call):
+    __slots__ = ("args", "fn", "kwargs")
+    fn: Callable[..., Awaitable[Any]]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
 
 
 class Guard:
-    """A policy applied to calls of one dependency; see :func:`guard`."""
+    """A policy applied to calls of one dependency; see :func:`guard`.
 
-    __slots__ = ("_rt",)
+    The front end of the call engine (``_engine``) for any awaitable: it runs
+    the function, and classifies errors with ``Retry.retry_on``.
+    """
+
+    __slots__ = ("_routes", "_rt")
 
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
+        self._routes = (Route(runtime.breaker),)
 
     def __repr__(self) -> str:
         return f"<Guard {self._rt.name!r}>"
+
+    @property
+    def rt(self) -> Runtime:
+        return self._rt
 
     @property
     def dependency(self) -> str:
@@ -135,205 +163,124 @@ class Guard:
 
         return guarded
 
-    def _deadline(self, start: float) -> float | None:
-        """The call's total deadline on the runtime's clock, or None."""
-        total = self._rt.policy.timeouts.total
-        ambient = _ambient.get()
-        if ambient is not None:
-            left = ambient[1] - ambient[0].now()
-            total = left if total is None or left < total else total
-        return None if total is None else start + total
+    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await ``fn(*args, **kwargs)`` under every layer of the policy, retry included."""
+        rt = self._rt
+        call = _GuardCall(rt.clock.now(), start_call(rt.name, None, None))
+        call.fn, call.args, call.kwargs = fn, args, kwargs
+        tel = call.tel
+        try:
+            result: T = await run_call(self, call)
+        except BaseException as exc:
+            report = report_of(exc)
+            if tel is not None:
+                tel.finished(report, None, exc)
+            elif report is not None:
+                log_call(report, None)
+            raise
+        if tel is not None:
+            tel.finished(self._report(call), None, None)
+        elif success_logged():
+            log_call(self._report(call), None)
+        return result
 
-    def _time_left(self, now: float) -> float | None:
-        """Seconds the call could run from *now* (total timeout and ambient deadline)."""
-        deadline_at = self._deadline(now)
-        return None if deadline_at is None else deadline_at - now
+    # -- the front end's part ------------------------------------------------------
 
-    def _report(
-        self, outcome: str, attempts: int, retries: list[str], start: float, stopped: str | None
-    ) -> CallReport:
+    def routes(self, call: Call) -> tuple[Route]:
+        routes = self._routes
+        if routes[0].breaker is not self._rt.breaker:  # reloaded
+            routes = self._routes = (Route(self._rt.breaker),)
+        return routes
+
+    async def send(self, call: _GuardCall, route: Route, limit: float | None) -> Any:
+        return await call.fn(*call.args, **call.kwargs)
+
+    def cut(self, call: Call, by_deadline: bool, limit: float) -> Exception:
+        rt = self._rt
+        if by_deadline:
+            return DeadlineExceededError(
+                f"deadline of {rt.name!r} ran out during attempt {call.attempts}",
+                dependency=rt.name,
+            )
+        return TimeoutError(
+            f"attempt {call.attempts} of {rt.name!r} took longer than "
+            f"{rt.policy.timeouts.attempt} s"
+        )
+
+    def judge_result(self, call: Call, result: Any, route: Route) -> tuple[Decision, bool]:
+        return ANSWER, False
+
+    def judge_error(self, call: Call, exc: Exception) -> Decision:
+        # Seawall's own errors are never retried: a refusal, a deadline, an
+        # outcome unknown (an inner call may have acted) are final.
+        if isinstance(exc, SeawallError) or not self._rt.retry_on(exc):
+            return stop(Stop.NOT_RETRYABLE)
+        return retry(_retry_reason(exc))
+
+    def keep_slot(self, result: Any, slot: Any) -> bool:
+        return False
+
+    async def retain(self, result: Any) -> Any:
+        return None
+
+    def discard(self, result: Any) -> None:
+        return None
+
+    async def answer(self, call: Call, result: Any, stopped: str | None) -> Any:
+        return result
+
+    async def fail(self, call: Call, error: Exception, stopped: str | None, last: Any) -> NoReturn:
+        rt = self._rt
+        frame = call.frame
+        if frame is not None and frame.unsafe and not isinstance(error, OutcomeUnknownError):
+            unknown = OutcomeUnknownError(
+                f"a call to {rt.name!r} sent a request that may not be resent and got no "
+                "answer; it may or may not have taken effect upstream",
+                dependency=rt.name,
+            )
+            call.outcome = Outcome.OUTCOME_UNKNOWN
+            call.stopped(stopped)
+            unknown.report = self._report(call)
+            raise unknown from error
+        if isinstance(error, RejectedError) and call.attempts == 0 and rt.limiter is None:
+            # Refused outright: the outage's hot path shares one report per
+            # reason and state instead of building one per call.
+            error.report = rt.rejection_report(error.reason)
+            raise error
+        if isinstance(error, SeawallError):
+            call.outcome = error.reason
+        elif call.retries and stopped == Stop.ATTEMPTS:
+            call.outcome = Outcome.RETRY_EXHAUSTED
+        else:
+            call.outcome = _failure_outcome(error)
+        call.stopped(stopped if call.retries or not isinstance(error, RejectedError) else None)
+        attach(error, self._report(call))
+        raise error
+
+    def _report(self, call: Call) -> CallReport:
+        rt = self._rt
+        return CallReport(
+            dependency=rt.name,
+            outcome=call.outcome,
+            attempts=call.attempts,
+            retries=tuple(call.retries),
+            elapsed=rt.clock.now() - call.start,
+            breaker_state=rt.breaker._state.value if rt.breaker else None,
+            timeouts=rt.policy.timeouts,
+            retry_stopped=call.retry_stopped,
+            deadline_remaining=call.deadline_remaining,
+        )
+
+    def _entry_report(self, outcome: str, attempts: int, start: float) -> CallReport:
         rt = self._rt
         return CallReport(
             dependency=rt.name,
             outcome=outcome,
             attempts=attempts,
-            retries=tuple(retries),
             elapsed=rt.clock.now() - start,
-            breaker_state=rt.breaker.state.value if rt.breaker else None,
+            breaker_state=rt.breaker._state.value if rt.breaker else None,
             timeouts=rt.policy.timeouts,
-            retry_stopped=stopped,
         )
-
-    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Await ``fn(*args, **kwargs)`` under every layer of the policy, retry included."""
-        rt = self._rt
-        clock = rt.clock
-        start = clock.now()
-        retries: list[str] = []
-        attempts = 0
-        if rt.limiter is not None:
-            try:
-                # Never wait for a token longer than the call could then run.
-                await rt.limiter.acquire(self._time_left(start))
-            except RejectedError as exc:
-                exc.report = self._report(exc.reason, 0, retries, start, None)
-                raise
-        # Measured from now, after any wait for a token: the ambient deadline's
-        # time left is read now too, so ``start`` would shorten it by that wait.
-        deadline_at = self._deadline(clock.now())
-        retry = rt.policy.retry
-        max_attempts = retry.attempts if retry is not None else 1
-        attempt_limit = rt.policy.timeouts.attempt
-        breaker = rt.breaker
-        bulkhead = rt.bulkhead
-        budget = rt.budget
-        last: Exception | None = None
-        while True:
-            attempts += 1
-            if deadline_at is not None and deadline_at - clock.now() <= 0:
-                error = DeadlineExceededError(
-                    f"deadline of {rt.name!r} ran out before attempt {attempts}",
-                    dependency=rt.name,
-                )
-                error.report = self._report(error.reason, attempts - 1, retries, start, None)
-                raise error from last
-            permit = -1
-            token = None
-            try:
-                if breaker is not None:
-                    permit = breaker.acquire()
-                if bulkhead is not None:
-                    token = bulkhead.try_acquire()
-                    if token is None:
-                        if bulkhead.config.max_wait <= 0:
-                            raise bulkhead.rejection()
-                        token = await self._wait_for_slot(bulkhead, deadline_at)
-            except SeawallError as exc:  # a rejection, or the deadline ran out in the queue
-                if permit >= 0:
-                    breaker.release(permit)  # type: ignore[union-attr]
-                # The refused attempt sent nothing: it does not count.
-                if last is None and rt.limiter is None:
-                    # Refused outright: the outage's hot path shares one report
-                    # per reason and state instead of building one per call.
-                    exc.report = rt.rejection_report(exc.reason)
-                    raise
-                exc.report = self._report(exc.reason, attempts - 1, retries, start, None)
-                if last is not None:
-                    raise exc from last
-                raise
-            except BaseException:
-                if permit >= 0:
-                    breaker.release(permit)  # type: ignore[union-attr]
-                raise
-            if attempts == 1 and budget is not None:
-                # The budget counts calls that reached the dependency: one
-                # refused outright earns no retries (and costs less).
-                budget.record_call()
-            limit = attempt_limit
-            by_deadline = False
-            if deadline_at is not None:
-                left = deadline_at - clock.now()
-                if limit is None or left < limit:
-                    limit, by_deadline = left, True
-            t0 = clock.now()
-            try:
-                if limit is None:
-                    result = await fn(*args, **kwargs)
-                else:
-                    with anyio.CancelScope(deadline=anyio.current_time() + limit) as scope:
-                        result = await fn(*args, **kwargs)
-                    if scope.cancelled_caught:
-                        if by_deadline:
-                            raise DeadlineExceededError(
-                                f"deadline of {rt.name!r} ran out during attempt {attempts}",
-                                dependency=rt.name,
-                            ) from last
-                        raise TimeoutError(
-                            f"attempt {attempts} of {rt.name!r} took longer than {attempt_limit} s"
-                        )
-            except Exception as exc:
-                if token is not None:
-                    bulkhead.release(token)  # type: ignore[union-attr]
-                if permit >= 0:
-                    if rt.ignore_on(exc):
-                        breaker.release(permit)  # type: ignore[union-attr]
-                    else:
-                        # As in Resilience4j, an error that record_on does not
-                        # match counts as a success.
-                        breaker.record(permit, clock.now() - t0, rt.record_on(exc))  # type: ignore[union-attr]
-                last = exc
-                delay = self._next_delay(exc, attempts, max_attempts, deadline_at)
-                if isinstance(delay, str):
-                    attach(exc, self._failure_report(exc, delay, attempts, retries, start))
-                    raise
-                retries.append(_retry_reason(exc))
-            except BaseException:
-                # Cancellation is neutral: the slot and the probe permit go back.
-                if token is not None:
-                    bulkhead.release(token)  # type: ignore[union-attr]
-                if permit >= 0:
-                    breaker.release(permit)  # type: ignore[union-attr]
-                raise
-            else:
-                if token is not None:
-                    bulkhead.release(token)  # type: ignore[union-attr]
-                if permit >= 0:
-                    breaker.record(permit, clock.now() - t0, False)  # type: ignore[union-attr]
-                return result
-            # Sleep outside the except clause: no slot or permit is held here.
-            await backoff_sleep(clock, delay)
-
-    async def _wait_for_slot(self, bulkhead: BulkheadHandle, deadline_at: float | None) -> object:
-        """Wait for a bulkhead slot: at most ``max_wait``, and never past the deadline.
-
-        The queue is inside the total deadline: a call whose deadline runs out
-        while it waits raises DeadlineExceededError and holds no slot.
-        """
-        if deadline_at is None:
-            return await bulkhead.acquire()
-        clock = self._rt.clock
-        token: object | None = None
-        with anyio.move_on_after(deadline_at - clock.now()):
-            token = await bulkhead.acquire()
-        if token is not None and deadline_at - clock.now() > 0:
-            return token
-        if token is not None:
-            bulkhead.release(token)
-        raise DeadlineExceededError(
-            f"deadline of {self._rt.name!r} ran out waiting for a bulkhead slot",
-            dependency=self._rt.name,
-        )
-
-    def _next_delay(
-        self, exc: Exception, attempts: int, max_attempts: int, deadline_at: float | None
-    ) -> float | str:
-        """The wait before the next attempt after *exc*, or why there is none."""
-        if isinstance(exc, SeawallError):
-            return "not_retryable"
-        if attempts >= max_attempts:
-            return "attempts"
-        rt = self._rt
-        if not rt.retry_on(exc):
-            return "not_retryable"
-        delay = backoff_delay(rt.policy.retry.backoff, attempts)  # type: ignore[union-attr]
-        if deadline_at is not None and rt.clock.now() + delay >= deadline_at:
-            return "deadline"
-        budget = rt.budget
-        if budget is not None and not budget.try_spend():
-            return "budget_exhausted"
-        return delay
-
-    def _failure_report(
-        self, exc: Exception, stopped: str, attempts: int, retries: list[str], start: float
-    ) -> CallReport:
-        if isinstance(exc, SeawallError):
-            outcome = exc.reason
-        elif retries and stopped == "attempts":
-            outcome = Outcome.RETRY_EXHAUSTED
-        else:
-            outcome = _failure_outcome(exc)
-        reported_stop = None if stopped in ("attempts", "not_retryable") else stopped
-        return self._report(outcome, attempts, retries, start, reported_stop)
 
     # -- async with guard: every layer but retry ------------------------------------
 
@@ -341,34 +288,50 @@ class Guard:
         rt = self._rt
         clock = rt.clock
         entry = _Entry()
-        entry.start = start = clock.now()
+        call = entry.call = Call(clock.now(), start_call(rt.name, None, None))
+        try:
+            await self._enter(entry, call)
+        except BaseException as exc:
+            report = report_of(exc)
+            if call.tel is not None:
+                call.tel.finished(report, None, exc)
+            elif report is not None:
+                log_call(report, None)
+            raise
+        _entries.set((*_entries.get(), entry))
+        return self
+
+    async def _enter(self, entry: _Entry, call: Call) -> None:
+        rt = self._rt
+        clock = rt.clock
+        deadline_at = deadline_of(rt, call)
         if rt.limiter is not None:
             try:
-                await rt.limiter.acquire(self._time_left(start))
+                await rt.limiter.acquire(None if deadline_at is None else deadline_at - clock.now())
             except RejectedError as exc:
-                exc.report = self._report(exc.reason, 0, [], start, None)
+                exc.report = self._entry_report(exc.reason, 0, call.start)
                 raise
-        deadline_at = self._deadline(clock.now())
         if deadline_at is not None and deadline_at - clock.now() <= 0:
             error = DeadlineExceededError(
                 f"deadline of {rt.name!r} ran out before the call", dependency=rt.name
             )
-            error.report = self._report(error.reason, 0, [], start, None)
+            error.report = self._entry_report(error.reason, 0, call.start)
             raise error
         try:
             if rt.breaker is not None:
                 entry.permit = rt.breaker.acquire()
             if rt.bulkhead is not None:
-                entry.token = rt.bulkhead.try_acquire() or await self._wait_for_slot(
-                    rt.bulkhead, deadline_at
+                entry.token = rt.bulkhead.try_acquire() or await queue_for_slot(
+                    call, rt, deadline_at
                 )
         except BaseException as exc:
             if entry.permit is not None:
                 rt.breaker.release(entry.permit)  # type: ignore[union-attr]
             if isinstance(exc, SeawallError):
-                exc.report = self._report(exc.reason, 0, [], start, None)
+                exc.report = self._entry_report(exc.reason, 0, call.start)
             raise
         # The time left is read once the slot is held: the wait for it counts.
+        entry.t0 = clock.now()
         limit = rt.policy.timeouts.attempt
         if deadline_at is not None:
             left = deadline_at - clock.now()
@@ -381,8 +344,6 @@ class Guard:
         if limit is not None:
             entry.scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
             entry.scope.__enter__()
-        _entries.set((*_entries.get(), entry))
-        return self
 
     async def __aexit__(
         self,
@@ -402,7 +363,8 @@ class Guard:
             swallowed = entry.scope.cancelled_caught
         if entry.token is not None:
             rt.bulkhead.release(entry.token)  # type: ignore[union-attr]
-        duration = rt.clock.now() - entry.start
+        call = entry.call
+        duration = rt.clock.now() - entry.t0
         error: Exception | None = None
         if swallowed:
             if entry.attempt_cut:
@@ -422,8 +384,17 @@ class Guard:
                 breaker.release(entry.permit)  # cancellation, or an ignored error
             else:
                 breaker.record(entry.permit, duration, rt.record_on(error))
+        report = None
         if error is not None:
-            attach(error, self._report(_failure_outcome(error), 1, [], entry.start, None))
-            if swallowed:
-                raise error
+            report = self._entry_report(_failure_outcome(error), 1, call.start)
+            attach(error, report)
+        elif exc is None:
+            call.attempts = 1
+            report = self._report(call)
+        if call.tel is not None:
+            call.tel.finished(report, None, error)
+        elif report is not None and (error is not None or success_logged()):
+            log_call(report, None)
+        if swallowed:
+            raise error  # type: ignore[misc]
         return False

@@ -8,16 +8,17 @@ errors) raised out of a seawall call. Telemetry is built from it.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
 from ._exceptions import SeawallError
 
-__all__ = ["CallReport", "Outcome", "report_of"]
+__all__ = ["CallReport", "Outcome", "RetryReason", "report_of"]
 
 
-class Outcome:
-    """The outcome codes of a call (plain strings, fit for metric labels)."""
+class Outcome(enum.StrEnum):
+    """The outcome codes of a call (strings, fit for metric labels)."""
 
     SUCCESS = "success"
     HTTP_ERROR = "http_error"
@@ -34,6 +35,31 @@ class Outcome:
     ERROR = "error"
     #: The caller cancelled the call.
     CANCELLED = "cancelled"
+
+
+class RetryReason(enum.StrEnum):
+    """Why an attempt was retried (``CallReport.retries``).
+
+    A retried HTTP status is reported as ``status_<code>`` (``status_503``),
+    and a guard retry on an error that is neither a timeout nor a connection
+    error by the error's class name.
+    """
+
+    #: guard: a TimeoutError (the attempt timeout included).
+    TIMEOUT = "timeout"
+    #: guard: a ConnectionError.
+    CONNECTION_ERROR = "connection_error"
+    #: HTTP: the attempt timeout cut the attempt.
+    ATTEMPT_TIMEOUT = "attempt_timeout"
+    CONNECT_TIMEOUT = "connect_timeout"
+    POOL_TIMEOUT = "pool_timeout"
+    CONNECT_ERROR = "connect_error"
+    READ_TIMEOUT = "read_timeout"
+    WRITE_TIMEOUT = "write_timeout"
+    TRANSPORT_ERROR = "transport_error"
+    #: HTTP: a pooled keep-alive connection the server had closed failed
+    #: before any byte of an answer (resent at once, without a backoff).
+    STALE_CONNECTION = "stale_connection"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,7 +133,35 @@ def attach(exc: BaseException, report: CallReport) -> None:
 
 
 def report_of(obj: object) -> CallReport | None:
-    """The :class:`CallReport` of a response, or of an error raised out of a seawall call."""
+    """The :class:`CallReport` of a response, or of an error raised out of a seawall call.
+
+    On an error it also looks at the error's ``response`` (and an SDK's
+    ``response.raw_response``) and follows the ``__cause__``/``__context__``
+    chain, so the report is found through an SDK that wraps seawall's errors
+    or its responses in its own.
+    """
+    seen: set[int] = set()
+    todo: list[object] = [obj]
+    while todo:
+        item = todo.pop(0)
+        if item is None or id(item) in seen or len(seen) > 32:
+            continue
+        seen.add(id(item))
+        found = _own_report(item)
+        if found is not None:
+            return found
+        if isinstance(item, BaseException):
+            response = getattr(item, "response", None)
+            todo.append(response)
+            todo.append(getattr(response, "raw_response", None))
+            todo.append(item.__cause__)
+            todo.append(item.__context__)
+        else:
+            todo.append(getattr(item, "raw_response", None))
+    return None
+
+
+def _own_report(obj: object) -> CallReport | None:
     extensions = getattr(obj, "extensions", None)
     if isinstance(extensions, dict):
         report = extensions.get("seawall")

@@ -1,121 +1,51 @@
-"""ResilientTransport: the HTTP pipeline as an httpx transport.
+"""ResilientTransport: the HTTP front end of the call engine, as an httpx transport.
 
-One logical call runs these layers, outermost first::
-
-    rate limit          dependency-wide, one token per call
-    total deadline      Timeouts.total capped by the ambient deadline
-    retry               only where safe (see below), backoff or Retry-After, budget
-      per attempt:
-      endpoint choice   the next endpoint whose breaker admits the attempt
-      circuit breaker   the endpoint's (or the dependency's) breaker
-      bulkhead          dependency-wide; no slot is held between attempts
-      attempt timeout   Timeouts.attempt, body download included
-    fallback            stale cached response, or the default, when it all failed
-
-When is a retry safe? When the request never left (connect failure, connect or
-pool timeout), for any method; after it may have reached the server (read or
-write timeout, reset, retryable status), only for an idempotent method or a
-request carrying an Idempotency-Key; a 429 was refused unprocessed, so it is
-retried for any method. A request whose body cannot be replayed is never
-retried. A non-idempotent request that was sent and got no answer raises
+The engine (``_engine``) runs the layers in their documented order; this
+module does an attempt's I/O and judges what came back. When is a retry
+safe? When the request never left (connect failure, connect or pool timeout),
+for any method; after it may have reached the server (read or write timeout,
+reset, retryable status), only for an idempotent method or a request carrying
+an idempotency key; a 429 was refused unprocessed, so it is retried for any
+method. A request whose body cannot be replayed is never retried. A
+non-idempotent request that was sent and got no answer raises
 OutcomeUnknownError: the upstream may have acted on it.
 """
 
 from __future__ import annotations
 
-import math
+import base64
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
 import httpx
 
-from ._breaker import Breaker
 from ._clock import MONOTONIC, Clock
+from ._compat import pool_connections, replayable
 from ._config import Policy
-from ._deadline import _current as _ambient
 from ._deadline import forward_header
-from ._exceptions import (
-    DeadlineExceededError,
-    OutcomeUnknownError,
-    RejectedError,
+from ._engine import (
+    ANSWER,
+    NEUTRAL_ATTR,
+    Call,
+    Decision,
+    Route,
+    Stop,
+    mark_unsafe,
+    retry,
+    run_call,
+    stop,
 )
-from ._report import CallReport, Outcome, attach, report_of
-from ._retry import backoff_delay, backoff_sleep, parse_retry_after
+from ._exceptions import DeadlineExceededError, OutcomeUnknownError, SeawallError
+from ._http import IDEMPOTENT_METHODS, Endpoint, Flavor, SendProgress, idempotency_key_of, origin_of
+from ._report import CallReport, Outcome, report_of
+from ._retry import parse_retry_after
 from ._runtime import Runtime
-from .telemetry._otel import CallTelemetry, log_call, start_call
+from .telemetry._otel import log_call, start_call
 
 __all__ = ["IDEMPOTENT_METHODS", "AttemptTimeout", "ResilientTransport"]
 
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-
-# Errors raised before a byte of the request left: safe to retry for any method.
-_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
-def origin_of(url: httpx.URL) -> str:
-    """``scheme://host:port`` of a URL, with the default port made explicit."""
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return f"{url.scheme}://{url.host}:{port}"
-
-
-def _unread(response: httpx.Response, request: httpx.Request) -> httpx.Response:
-    """A fresh copy of an already-read response, for the client to read like any other.
-
-    httpx times a response (``response.elapsed``) when it closes the body
-    stream while reading it; a response built with ``content=`` was read and
-    closed on construction, so the client would never set its ``elapsed``.
-    """
-    if not response.is_closed:
-        return response  # a stream nobody read yet: the client reads it as usual
-    try:
-        body = response.content
-    except httpx.ResponseNotRead:
-        return response
-    # ``content`` is decoded already: the copy must not be decoded again.
-    headers = [(k, v) for k, v in response.headers.raw if k.lower() != b"content-encoding"]
-    return httpx.Response(
-        response.status_code,
-        headers=headers,
-        # ``stream=``, unlike ``content=``, leaves it unread: the client
-        # reads and decodes it as any network stream (and sets ``elapsed``).
-        stream=httpx.ByteStream(body),
-        extensions=dict(response.extensions),
-        request=request,
-    )
-
-
-class _SendProgress:
-    """An httpcore ``trace`` hook that notes whether the request began to go out.
-
-    When the attempt timeout or the deadline cuts an attempt, this tells a
-    request still waiting for a pool connection or a TCP handshake (never
-    sent: safe to retry, no outcome unknown) from one that was sent. The
-    caller's own ``trace`` hook, if any, still sees every event.
-    """
-
-    __slots__ = ("_theirs", "sent")
-
-    def __init__(self, theirs: Any) -> None:
-        self._theirs = theirs
-        self.sent = False
-
-    async def __call__(self, name: str, info: dict[str, Any]) -> None:
-        if name.endswith(".send_request_headers.started"):
-            self.sent = True
-        if self._theirs is not None:
-            await self._theirs(name, info)
-
-
-class _Endpoint:
-    __slots__ = ("breaker", "origin", "prefix", "url")
-
-    def __init__(self, url: str, breaker: Breaker | None) -> None:
-        self.prefix = url.rstrip("/")
-        self.url = httpx.URL(self.prefix)
-        self.origin = origin_of(self.url)
-        self.breaker = breaker
 
 
 class AttemptTimeout(httpx.ReadTimeout, TimeoutError):
@@ -126,30 +56,42 @@ class AttemptTimeout(httpx.ReadTimeout, TimeoutError):
     """
 
 
-# The request itself is wrong (a scheme httpx cannot send, a header it refuses):
-# nothing left, a retry cannot help, and the upstream is not to blame.
-_OUR_MISTAKE = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL)
+HTTPX = Flavor(httpx, AttemptTimeout)
 
 
-def _classify(exc: BaseException) -> tuple[str, str, bool]:
-    """(outcome, retry reason, sent) for an httpx error."""
-    if isinstance(exc, _OUR_MISTAKE):
-        return Outcome.ERROR, type(exc).__name__, False
-    if isinstance(exc, AttemptTimeout):
-        return Outcome.TIMEOUT, "attempt_timeout", True
-    if isinstance(exc, httpx.ConnectTimeout):
-        return Outcome.TIMEOUT, "connect_timeout", False
-    if isinstance(exc, httpx.PoolTimeout):
-        return Outcome.TIMEOUT, "pool_timeout", False
-    if isinstance(exc, httpx.ConnectError):
-        return Outcome.CONNECT_ERROR, "connect_error", False
-    if isinstance(exc, httpx.ReadTimeout):
-        return Outcome.TIMEOUT, "read_timeout", True
-    if isinstance(exc, httpx.WriteTimeout):
-        return Outcome.TIMEOUT, "write_timeout", True
-    if isinstance(exc, httpx.TransportError):
-        return Outcome.TRANSPORT_ERROR, "transport_error", True
-    return Outcome.ERROR, type(exc).__name__, True
+class HttpCall(Call):
+    """One logical HTTP call: the engine's record plus what the front end needs."""
+
+    __slots__ = (
+        "base_timeouts",
+        "in_flight_unsafe",
+        "progress",
+        "replayable",
+        "request",
+        "routes",
+        "safe_after_send",
+        "sent_unanswered",
+        "span",
+        "streaming",
+        "t0",
+        "target",
+        "their_trace",
+        "unknown",
+    )
+    base_timeouts: dict[str, float | None]
+    in_flight_unsafe: bool
+    progress: SendProgress | None
+    replayable: bool
+    request: Any
+    routes: Sequence[Route]
+    safe_after_send: bool
+    sent_unanswered: bool
+    span: Any
+    streaming: bool
+    t0: float
+    target: Any
+    their_trace: Any
+    unknown: bool
 
 
 class ResilientTransport(httpx.AsyncBaseTransport):
@@ -163,9 +105,17 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         sdk = PaymentsSDK(http_client=httpx.AsyncClient(transport=transport))
 
     With ``endpoints`` (base URLs of redundant providers), a request whose URL
-    starts with one of them is sent to the first endpoint whose breaker admits
-    it, and each retry to the next one.
+    lies under one of them (same origin, path under its path) is sent to the
+    first endpoint whose breaker admits it, and each retry to the next one.
+
+    Responses are handed over as soon as their headers arrive, unless the
+    request came from :class:`~seawall.ResilientClient` without ``stream=True``
+    (then the body is read inside the attempt, so the attempt timeout covers
+    it and a broken body is retried where that is safe). A streamed response
+    holds its bulkhead slot until it is closed.
     """
+
+    _flavor: Flavor = HTTPX
 
     def __init__(
         self,
@@ -181,12 +131,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             runtime = Runtime(
                 dependency, policy or Policy(), clock or MONOTONIC, endpoints=endpoints or ()
             )
-        self._rt = rt = runtime
-        self._endpoints = [_Endpoint(url, rt.endpoint_breakers.get(url)) for url in rt.endpoints]
+        x = self._flavor.x
         if transport is None:
-            pool = rt.policy.pool
-            transport = httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(
+            pool = runtime.policy.pool
+            transport = x.AsyncHTTPTransport(
+                limits=x.Limits(
                     max_connections=pool.max_connections,
                     max_keepalive_connections=pool.max_keepalive,
                     keepalive_expiry=pool.keepalive_expiry,
@@ -194,19 +143,16 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             )
         self._inner = transport
         # httpcore-backed: its trace events say when a request starts going out.
-        self._traced = isinstance(transport, httpx.AsyncHTTPTransport)
-        rt.transports.add(self)
+        self._traced = isinstance(transport, x.AsyncHTTPTransport)
         self._in_flight = 0
         self._closing = False
-        t = rt.policy.timeouts
-        self._policy_phases: dict[str, float | None] = {
-            "connect": t.connect,
-            "read": t.read,
-            "write": t.write,
-            "pool": t.pool,
-        }
+        self._swap_runtime(runtime)
 
     # -- handles ---------------------------------------------------------------
+
+    @property
+    def rt(self) -> Runtime:
+        return self._rt
 
     @property
     def dependency(self) -> str:
@@ -221,7 +167,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         return self._rt
 
     @property
-    def inner(self) -> httpx.AsyncBaseTransport:
+    def inner(self) -> Any:
         return self._inner
 
     async def aclose(self) -> None:
@@ -234,9 +180,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             "max_keepalive": self._rt.policy.pool.max_keepalive,
             "in_flight": self._in_flight,
         }
-        pool = getattr(self._inner, "_pool", None)
-        connections = getattr(pool, "connections", None)
-        if isinstance(connections, list):
+        connections = pool_connections(self._inner)
+        if connections is not None:
             stats["connections"] = len(connections)
             stats["idle"] = sum(1 for c in connections if c.is_idle())
         return stats
@@ -245,28 +190,41 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         """Serve later calls under a new runtime (Registry.reload); calls in flight keep theirs."""
         self._rt = runtime
         runtime.transports.add(self)
-        self._endpoints = [
-            _Endpoint(url, runtime.endpoint_breakers.get(url)) for url in runtime.endpoints
-        ]
+        x = self._flavor.x
+        self._endpoints = tuple(
+            Endpoint(x, url, runtime.endpoint_breakers.get(url)) for url in runtime.endpoints
+        )
+        self._own_route = (Route(runtime.breaker),)
         t = runtime.policy.timeouts
-        self._policy_phases = {
+        self._policy_phases: dict[str, float | None] = {
             "connect": t.connect,
             "read": t.read,
             "write": t.write,
             "pool": t.pool,
         }
+        self._key_headers: tuple[str, ...] = (IDEMPOTENCY_HEADER,)
 
     def _close_when_idle(self) -> None:
         self._closing = True
 
-    # -- the pipeline ------------------------------------------------------------
+    # -- a call ------------------------------------------------------------------
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self._in_flight += 1
-        tel = start_call(self._rt.name, request.method, self._inner)
+        rt = self._rt
+        call = self._new_call(request)
+        tel = call.tel
         try:
-            response = await self._handle(request, tel)
+            response: httpx.Response = await run_call(self, call)
         except BaseException as exc:
+            if call.in_flight_unsafe:
+                # Cut from outside after a request left that may not be resent:
+                # the calls around this one must not resend it either.
+                progress = call.progress
+                if progress is None or progress.sent:
+                    mark_unsafe()
+            if call.span is not None:
+                call.span.end()
             report = report_of(exc)
             if tel is not None:
                 tel.finished(report, request.url, exc)
@@ -282,329 +240,236 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             return response
         finally:
             self._in_flight -= 1
-            if self._closing and not self._in_flight:
+            if self._closing and not self._in_flight and rt is not self._rt:
                 # Retired by a reload: the last call in flight closes the pool.
                 with anyio.CancelScope(shield=True):
                     await self._inner.aclose()
 
-    async def _handle(self, request: httpx.Request, tel: CallTelemetry | None) -> httpx.Response:
+    def _new_call(self, request: httpx.Request) -> HttpCall:
         rt = self._rt
-        clock = rt.clock
-        start = clock.now()
-        method = request.method
+        call = HttpCall(rt.clock.now(), start_call(rt.name, request.method, self._inner))
         extensions = request.extensions
         key = extensions.get("idempotency_key")
-        if key is not None and IDEMPOTENCY_HEADER not in request.headers:
+        if key is not None and str(key).strip() and IDEMPOTENCY_HEADER not in request.headers:
             request.headers[IDEMPOTENCY_HEADER] = str(key)
-        safe_after_send = method in IDEMPOTENT_METHODS or IDEMPOTENCY_HEADER in request.headers
-        replayable = hasattr(request, "_content")
-        streaming = bool(extensions.get("seawall.stream"))
-        their_trace = extensions.get("trace")
-        state = _CallState(self, request, start)
-
-        if rt.limiter is not None:
-            try:
-                await rt.limiter.acquire()
-            except RejectedError as exc:
-                return await self._fail(state, exc, exc.reason)
-
-        # The total deadline, on the runtime's clock.
-        policy = rt.policy
-        timeouts = policy.timeouts
-        total = timeouts.total
-        ambient = _ambient.get()
-        if ambient is not None:
-            left = ambient[1] - ambient[0].now()
-            total = left if total is None or left < total else total
-        deadline_at = None if total is None else start + total
-        state.deadline_remaining = total
-
-        retry = policy.retry
-        max_attempts = retry.attempts if retry is not None and replayable else 1
-        if retry is not None and not replayable:
-            state.retry_stopped_hint = "unreplayable_body"
-        budget = rt.budget
-        if budget is not None:
-            budget.record_call()
-        attempt_limit = timeouts.attempt
-        base_timeouts = self._phase_timeouts(extensions.get("timeout"))
+        call.request = call.target = request
+        call.safe_after_send = request.method in IDEMPOTENT_METHODS or (
+            idempotency_key_of(request.headers, self._key_headers) is not None
+        )
+        call.replayable = replayable(request)
+        # Only ResilientClient says whether the caller streams; a plain
+        # AsyncClient might, so its responses are never buffered.
+        call.streaming = bool(extensions.get("seawall.stream", True))
+        call.their_trace = extensions.get("trace")
+        call.base_timeouts = self._phase_timeouts(extensions.get("timeout"))
+        call.span = call.progress = None
+        call.t0 = call.start
+        call.in_flight_unsafe = call.sent_unanswered = call.unknown = False
         endpoints = self._endpoints
-        next_endpoint = 0
-        last_exc: BaseException | None = None
-        last_response: httpx.Response | None = None
-
-        while True:
-            state.attempts += 1
-            # -- time left for this attempt
-            limit = attempt_limit
-            by_deadline = False
-            left = math.inf
-            if deadline_at is not None:
-                left = deadline_at - clock.now()
-                if left <= 0:
-                    if last_response is not None:
-                        state.attempts -= 1
-                        return await self._finish_response(state, last_response, True, "deadline")
-                    error = DeadlineExceededError(
-                        f"deadline of {rt.name!r} ran out", dependency=rt.name
-                    )
-                    error.__cause__ = last_exc
-                    state.attempts -= 1
-                    return await self._fail(state, error, error.reason)
-                if limit is None or left < limit:
-                    limit, by_deadline = left, True
-
-            # -- endpoint and breaker: skipping an open endpoint costs no attempt
-            permit = -1
-            breaker: Breaker | None
-            target = request
-            if endpoints and self._under_endpoints(request.url):
-                chosen = None
-                last_rejection: RejectedError | None = None
-                n = len(endpoints)
-                for i in range(n):
-                    ep = endpoints[(next_endpoint + i) % n]
-                    if ep.breaker is None:
-                        chosen = ep
-                        next_endpoint = (next_endpoint + i + 1) % n
-                        break
-                    try:
-                        permit = ep.breaker.acquire()
-                    except RejectedError as exc:
-                        last_rejection = exc
-                        continue
-                    chosen = ep
-                    next_endpoint = (next_endpoint + i + 1) % n
+        source = None
+        if endpoints:
+            for ep in endpoints:
+                if ep.matches(request.url):
+                    source = ep
                     break
-                if chosen is None:
-                    assert last_rejection is not None
-                    state.attempts -= 1
-                    return await self._fail(
-                        state,
-                        last_rejection,
-                        Outcome.CIRCUIT_OPEN,
-                        cause=last_exc,
-                        last_response=last_response,
-                    )
-                breaker = chosen.breaker
-                state.endpoint = chosen.origin
-                target = self._retarget(request, chosen)
+        if source is None:
+            call.routes = self._own_route
+            call.endpoint = origin_of(request.url)
+        else:
+            call.routes = endpoints
+            call.next_route = endpoints.index(source)
+        return call
+
+    # -- the front end's part ------------------------------------------------------
+
+    def routes(self, call: HttpCall) -> Sequence[Route]:
+        return call.routes
+
+    async def send(self, call: HttpCall, route: Route, limit: float | None) -> httpx.Response:
+        request = call.request
+        target = call.target = (
+            self._retarget(request, route) if isinstance(route, Endpoint) else request
+        )
+        left = None
+        if call.deadline_at is not None:
+            left = call.deadline_at - self._rt.clock.now()
+        self._apply_timeouts(target, call.base_timeouts, left)
+        if self._rt.policy.forward_deadline and left is not None:
+            target.headers[forward_header.get()] = f"{max(0.0, left):.3f}"
+        if call.attempts > 1:
+            target.extensions["seawall.resend_count"] = call.attempts - 1
+        if not call.safe_after_send:
+            call.in_flight_unsafe = True
+            if self._traced:
+                # Whether a cut request had left decides its fate.
+                call.progress = target.extensions["trace"] = SendProgress(call.their_trace)
+        tel = call.tel
+        if tel is not None:
+            call.span = tel.attempt_started(target, call.attempts - 1)
+            call.t0 = self._rt.clock.now()
+        response: httpx.Response = await self._inner.handle_async_request(target)
+        if not call.streaming:
+            response = await self._flavor.buffered(response)
+        call.in_flight_unsafe = False
+        return response
+
+    def _settle_attempt(self, call: HttpCall) -> None:
+        if call.progress is not None:  # the request's own hook (if any) goes back
+            if call.their_trace is None:
+                call.target.extensions.pop("trace", None)
             else:
-                breaker = rt.breaker
-                if state.endpoint is None:
-                    state.endpoint = origin_of(request.url)
-                if breaker is not None:
-                    try:
-                        permit = breaker.acquire()
-                    except RejectedError as exc:
-                        state.attempts -= 1
-                        return await self._fail(
-                            state, exc, exc.reason, cause=last_exc, last_response=last_response
-                        )
-            if state.breaker_before is None and breaker is not None:
-                state.breaker_before = breaker._state.value
+                call.target.extensions["trace"] = call.their_trace
 
-            # -- bulkhead
-            token = None
-            bulkhead = rt.bulkhead
-            if bulkhead is not None:
-                token = bulkhead.try_acquire()
-                if token is None:
-                    waited = clock.now()
-                    try:
-                        token = await bulkhead.acquire()
-                    except BaseException as exc:
-                        if permit >= 0:
-                            breaker.release(permit)  # type: ignore[union-attr]
-                        if isinstance(exc, RejectedError):
-                            state.attempts -= 1
-                            return await self._fail(
-                                state, exc, exc.reason, cause=last_exc, last_response=last_response
-                            )
-                        raise
-                    state.bulkhead_wait += clock.now() - waited
+    def cut(self, call: HttpCall, by_deadline: bool, limit: float) -> Exception:
+        rt = self._rt
+        if by_deadline:
+            return DeadlineExceededError(
+                f"deadline of {rt.name!r} ran out during attempt {call.attempts}",
+                dependency=rt.name,
+            )
+        error: Exception = self._flavor.attempt_timeout(
+            f"attempt {call.attempts} to {rt.name!r} took longer than "
+            f"{rt.policy.timeouts.attempt} s",
+            request=call.target,
+        )
+        return error
 
-            # -- the attempt
-            t0 = clock.now()
-            self._apply_timeouts(target, base_timeouts, left)
-            if policy.forward_deadline and deadline_at is not None:
-                target.headers[forward_header.get()] = f"{max(0.0, left):.3f}"
-            if state.attempts > 1:
-                target.extensions["seawall.resend_count"] = state.attempts - 1
-            response: httpx.Response | None = None
-            failure: BaseException | None = None
-            progress: _SendProgress | None = None
-            if limit is not None and not safe_after_send and self._traced:
-                # Only where a cut attempt's fate depends on it: was it sent?
-                progress = target.extensions["trace"] = _SendProgress(their_trace)
-            cut_unsent = False
-            span = tel.attempt_started(target, state.attempts - 1) if tel is not None else None
-            try:
-                if limit is None:
-                    response = await self._send(target, streaming)
-                else:
-                    with anyio.CancelScope(deadline=anyio.current_time() + limit) as scope:
-                        response = await self._send(target, streaming)
-                    if scope.cancelled_caught:
-                        response = None
-                        # Cut while waiting for a connection: nothing left, never sent.
-                        cut_unsent = progress is not None and not progress.sent
-                        if by_deadline:
-                            failure = DeadlineExceededError(
-                                f"deadline of {rt.name!r} ran out during attempt {state.attempts}",
-                                dependency=rt.name,
-                            )
-                        else:
-                            failure = AttemptTimeout(
-                                f"attempt {state.attempts} to {rt.name!r} took longer "
-                                f"than {attempt_limit} s",
-                                request=target,
-                            )
-            except Exception as exc:
-                failure = exc
-            except BaseException:
-                # Cancelled by the caller: neutral for the breaker; the slot goes back.
-                if span is not None:
-                    span.end()
-                if token is not None:
-                    bulkhead.release(token)  # type: ignore[union-attr]
-                if permit >= 0:
-                    breaker.release(permit)  # type: ignore[union-attr]
-                raise
-            if token is not None:
-                bulkhead.release(token)  # type: ignore[union-attr]
-            if progress is not None:  # the request's own hook (if any) goes back
-                if their_trace is None:
-                    target.extensions.pop("trace", None)
-                else:
-                    target.extensions["trace"] = their_trace
-            duration = clock.now() - t0
+    def judge_result(
+        self, call: HttpCall, response: httpx.Response, route: Route
+    ) -> tuple[Decision, bool]:
+        self._settle_attempt(call)
+        status = call.status_code = response.status_code
+        if call.tel is not None:
+            call.tel.attempt_ended(
+                call.span,
+                call.target,
+                self._rt.clock.now() - call.t0,
+                Outcome.SUCCESS if status < 400 else Outcome.HTTP_ERROR,
+                status,
+                str(status) if status >= 400 else None,
+            )
+            call.span = None
+        breaker = route.breaker
+        failed = breaker is not None and status in breaker.config.failure_statuses
+        retry_cfg = self._rt.policy.retry
+        if retry_cfg is None or status not in retry_cfg.retry_statuses:
+            return ANSWER, failed
+        if status != 429 and not call.safe_after_send:
+            return stop(Stop.NOT_IDEMPOTENT), failed
+        if not call.replayable:
+            return stop(Stop.UNREPLAYABLE_BODY), failed
+        wait = parse_retry_after(response.headers.get("retry-after"))
+        return retry(f"status_{status}", wait), failed
 
-            # -- a response
-            if response is not None:
-                status = response.status_code
-                if tel is not None:
-                    tel.attempt_ended(
-                        span,
-                        target,
-                        duration,
-                        Outcome.SUCCESS if status < 400 else Outcome.HTTP_ERROR,
-                        status,
-                        str(status) if status >= 400 else None,
-                    )
-                if permit >= 0:
-                    breaker.record(  # type: ignore[union-attr]
-                        permit,
-                        duration,
-                        status in breaker.config.failure_statuses,  # type: ignore[union-attr]
-                    )
-                if retry is None or status not in retry.retry_statuses:
-                    return await self._finish_response(state, response, False, None)
-                # A retryable status.
-                if status != 429 and not safe_after_send:
-                    return await self._finish_response(state, response, False, "not_idempotent")
-                if state.attempts >= max_attempts:
-                    return await self._finish_response(
-                        state, response, True, state.retry_stopped_hint
-                    )
-                delay: float | None = None
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-                if retry_after is not None:
-                    if retry_after > retry.max_retry_after or (
-                        deadline_at is not None and clock.now() + retry_after >= deadline_at
-                    ):
-                        return await self._finish_response(
-                            state, response, True, "retry_after_too_long"
-                        )
-                    delay = retry_after
-                stop = self._retry_stop(state, deadline_at, delay)
-                if isinstance(stop, str):
-                    return await self._finish_response(state, response, True, stop)
-                state.retries.append(f"status_{status}")
-                if tel is not None:
-                    tel.retry(f"status_{status}", state.attempts, stop)
-                last_exc = None
-                if streaming:
-                    # Its connection must go back now; a streamed body cannot be kept.
-                    await response.aclose()
-                    last_response = None
-                else:
-                    last_response = response  # buffered: the answer if nothing better comes
-                await backoff_sleep(clock, stop)
-                continue
+    def judge_error(self, call: HttpCall, exc: Exception) -> Decision:
+        self._settle_attempt(call)
+        outcome: str
+        if isinstance(exc, DeadlineExceededError):
+            outcome, reason, sent = Outcome.DEADLINE_EXCEEDED, "deadline", True
+        else:
+            outcome, reason, sent = self._flavor.classify(exc)
+        progress = call.progress
+        if progress is not None and not progress.sent:
+            sent = False  # cut while waiting for a connection: it never left
+        call.in_flight_unsafe = False
+        if call.tel is not None:
+            call.tel.attempt_ended(
+                call.span,
+                call.target,
+                self._rt.clock.now() - call.t0,
+                outcome,
+                None,
+                type(exc).__qualname__,
+            )
+            call.span = None
+        if outcome == Outcome.ERROR:
+            if isinstance(exc, self._flavor.our_mistake):
+                setattr(exc, NEUTRAL_ATTR, True)  # says nothing of the upstream's health
+            return stop(Stop.NOT_RETRYABLE)
+        if sent:
+            call.sent_unanswered = True
+            if not call.safe_after_send:
+                call.unknown = True
+                return stop(Stop.NOT_IDEMPOTENT)
+        if isinstance(exc, SeawallError):
+            return stop(Stop.NOT_RETRYABLE)
+        if not call.replayable:
+            return stop(Stop.UNREPLAYABLE_BODY)
+        return retry(reason)
 
-            # -- a failure
-            assert failure is not None
-            if permit >= 0:
-                if (
-                    isinstance(failure, _OUR_MISTAKE) or rt.ignore_on(failure)  # type: ignore[arg-type]
-                ):
-                    # Says nothing of the upstream's health.
-                    breaker.release(permit)  # type: ignore[union-attr]
-                else:
-                    # As in Resilience4j, an error record_on does not match
-                    # counts as a success.
-                    breaker.record(permit, duration, rt.record_on(failure))  # type: ignore[union-attr, arg-type]
-            if isinstance(failure, DeadlineExceededError):
-                outcome, reason, sent = Outcome.DEADLINE_EXCEEDED, "deadline", True
-            else:
-                outcome, reason, sent = _classify(failure)
-            if cut_unsent:
-                sent = False
-            if tel is not None:
-                tel.attempt_ended(span, target, duration, outcome, None, type(failure).__qualname__)
-            if outcome == Outcome.ERROR:
-                # Not an HTTP failure (a bug, an invalid URL): no retry, no fallback.
-                state.outcome = outcome
-                attach(failure, state.report())
-                raise failure
-            if sent:
-                state.sent_unanswered = True
-            if sent and not safe_after_send:
-                unknown = OutcomeUnknownError(
-                    f"{method} to {rt.name!r} was sent but no answer came back "
-                    f"({reason}); it may or may not have taken effect upstream",
-                    dependency=rt.name,
-                    request=request,
-                )
-                unknown.__cause__ = failure
-                state.outcome = Outcome.OUTCOME_UNKNOWN
-                unknown.report = state.report()
-                raise unknown
-            last_exc = failure
-            if isinstance(failure, DeadlineExceededError):
-                failure.__cause__ = None
-                return await self._fail(state, failure, outcome)
-            if state.attempts >= max_attempts:
-                return await self._fail(
-                    state,
-                    failure,
-                    Outcome.RETRY_EXHAUSTED if state.retries else outcome,
-                    stopped=state.retry_stopped_hint,
-                )
-            stop = self._retry_stop(state, deadline_at, None)
-            if isinstance(stop, str):
-                return await self._fail(state, failure, outcome, stopped=stop)
-            state.retries.append(reason)
-            if tel is not None:
-                tel.retry(reason, state.attempts, stop)
-            await backoff_sleep(clock, stop)
+    def keep_slot(self, response: httpx.Response, held: Any) -> bool:
+        if "seawall.body" in response.extensions:
+            return False  # read already: the slot is free to go
+        bulkhead, slot = held
+        self._flavor.held(response, lambda: bulkhead.release(slot))
+        return True
+
+    async def retain(self, response: httpx.Response) -> httpx.Response | None:
+        if "seawall.body" in response.extensions:
+            return response  # buffered: the answer if nothing better comes
+        # Its connection must go back now; a streamed body cannot be kept.
+        await response.aclose()
+        return None
+
+    def discard(self, response: httpx.Response) -> None:
+        return None
+
+    async def answer(
+        self, call: HttpCall, response: httpx.Response, stopped: str | None
+    ) -> httpx.Response:
+        from ._fallback import finish_response
+
+        answer: httpx.Response = await finish_response(self, call, response, stopped)
+        return answer
+
+    async def fail(
+        self, call: HttpCall, error: Exception, stopped: str | None, last: Any
+    ) -> httpx.Response:
+        from ._fallback import fail_call
+
+        answer: httpx.Response = await fail_call(self, call, error, stopped, last)
+        return answer
+
+    def report(self, call: HttpCall) -> CallReport:
+        rt = self._rt
+        breaker = rt.breaker
+        if breaker is None:
+            for ep in self._endpoints:
+                if ep.origin == call.endpoint:
+                    breaker = ep.breaker
+        return CallReport(
+            dependency=rt.name,
+            outcome=call.outcome,
+            attempts=call.attempts,
+            retries=tuple(call.retries),
+            elapsed=rt.clock.now() - call.start,
+            endpoint=call.endpoint,
+            method=call.request.method,
+            status_code=call.status_code,
+            breaker_state_before=call.breaker_before,
+            breaker_state=breaker._state.value if breaker is not None else None,
+            bulkhead_wait=call.bulkhead_wait,
+            fallback=call.fallback,
+            timeouts=rt.policy.timeouts,
+            deadline_remaining=call.deadline_remaining,
+            retry_stopped=call.retry_stopped,
+        )
+
+    def unknown_error(self, call: HttpCall, cause: BaseException) -> OutcomeUnknownError:
+        request = call.request
+        unknown = OutcomeUnknownError(
+            f"{request.method} to {self._rt.name!r} was sent but no answer came back; "
+            "it may or may not have taken effect upstream (retry with the same "
+            "idempotency key, or verify)",
+            dependency=self._rt.name,
+            request=request,
+        )
+        unknown.__cause__ = cause
+        call.outcome = Outcome.OUTCOME_UNKNOWN
+        unknown.report = self.report(call)
+        return unknown
 
     # -- helpers -------------------------------------------------------------------
-
-    def _retry_stop(
-        self, state: _CallState, deadline_at: float | None, delay: float | None
-    ) -> float | str:
-        """The wait before the next attempt, or why there is none."""
-        rt = self._rt
-        if delay is None:
-            delay = backoff_delay(rt.policy.retry.backoff, state.attempts)  # type: ignore[union-attr]
-        if deadline_at is not None and rt.clock.now() + delay >= deadline_at:
-            return "deadline"
-        budget = rt.budget
-        if budget is not None and not budget.try_spend():
-            return "budget_exhausted"
-        return delay
 
     def _phase_timeouts(self, requested: dict[str, Any] | None) -> dict[str, float | None]:
         """httpx's per-phase timeouts: the policy's, or the request's where it is shorter."""
@@ -620,235 +485,42 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         return merged
 
     @staticmethod
-    def _apply_timeouts(request: httpx.Request, base: dict[str, Any], left: float) -> None:
+    def _apply_timeouts(request: Any, base: dict[str, Any], left: float | None) -> None:
         """Cap httpx's per-phase timeouts by the policy and by the time left."""
+        if left is None:
+            request.extensions["timeout"] = base
+            return
         timeouts = {}
         for phase in ("connect", "read", "write", "pool"):
             value = base.get(phase)
-            if left != math.inf and (value is None or value > left):
+            if value is None or value > left:
                 value = max(left, 0.001)
             timeouts[phase] = value
         request.extensions["timeout"] = timeouts
 
-    def _under_endpoints(self, url: httpx.URL) -> bool:
-        """Whether *url* lies under one of the endpoints (others go out as they are,
-        with no endpoint's breaker: an SDK may call a token URL elsewhere)."""
-        text = str(url)
-        return any(text.startswith(ep.prefix) for ep in self._endpoints)
-
-    def _retarget(self, request: httpx.Request, endpoint: _Endpoint) -> httpx.Request:
-        url = str(request.url)
-        for ep in self._endpoints:
-            if url.startswith(ep.prefix):
-                if ep is endpoint:
-                    return request
-                new_url = endpoint.prefix + url[len(ep.prefix) :]
-                headers = request.headers.copy()
-                headers["Host"] = endpoint.url.netloc.decode("ascii")
-                return httpx.Request(
-                    request.method,
-                    new_url,
-                    headers=headers,
-                    content=request.content if hasattr(request, "_content") else None,
-                    stream=None if hasattr(request, "_content") else request.stream,
-                    extensions=dict(request.extensions),
-                )
-        return request
-
-    async def _send(self, request: httpx.Request, streaming: bool) -> httpx.Response:
-        response = await self._inner.handle_async_request(request)
-        if streaming:
-            return response
-        # Buffer the body inside the attempt, so the attempt timeout covers it
-        # and a retry can follow a body that broke off.
-        try:
-            body = b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
-        finally:
-            await response.aclose()
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            # ``stream=``, unlike ``content=``, leaves it unread: the client
-            # reads and decodes it as any network stream (and sets ``elapsed``).
-            stream=httpx.ByteStream(body),
-            extensions={**response.extensions, "seawall.body": body},
-        )
-
-    async def _finish_response(
-        self,
-        state: _CallState,
-        response: httpx.Response,
-        retryable: bool,
-        stopped: str | None,
-    ) -> httpx.Response:
-        rt = self._rt
-        status = response.status_code
-        state.status_code = status
-        if status < 400:
-            state.outcome = Outcome.SUCCESS
-        elif retryable and state.retries:
-            state.outcome = Outcome.RETRY_EXHAUSTED
-        else:
-            state.outcome = Outcome.HTTP_ERROR
-        state.retry_stopped = stopped
-        cache = rt.cache
-        request = state.request
-        body = response.extensions.pop("seawall.body", None)
-        if 200 <= status < 300:
-            if cache is not None and body is not None and request.method == "GET":
-                cache.store(request, status, response.headers, body)
-        elif rt.policy.fallback is not None and (
-            status >= 500 or (retryable and status in (408, 429))
-        ):
-            # A failed answer (5xx, or a 408/429 that retries could not get
-            # past): the fallback, if any, answers instead. Other 4xx are answers.
-            fallback = self._fallback_response(state, None, response)
-            if fallback is not None:
-                await response.aclose()
-                return fallback
-        response.extensions["seawall"] = state.report()
-        return response
-
-    def _fallback_response(
-        self, state: _CallState, error: BaseException | None, response: httpx.Response | None
-    ) -> httpx.Response | None:
-        rt = self._rt
-        fallback = rt.policy.fallback
-        if fallback is None:
-            return None
-        request = state.request
-        answer: httpx.Response | None = None
-        if rt.cache is not None and request.method == "GET":
-            answer = rt.cache.lookup(request, fallback.stale_if_error)  # type: ignore[arg-type]
-            if answer is not None:
-                state.fallback = "cache"
-        if (
-            answer is None
-            and fallback.default is not None
-            and request.method in fallback.default_methods
-        ):
-            default = fallback.default
-            if isinstance(default, httpx.Response):
-                answer = _unread(default, request)
-            else:
-                if error is None:
-                    assert response is not None
-                    error = httpx.HTTPStatusError(
-                        f"{response.status_code} from {rt.name!r}",
-                        request=request,
-                        response=response,
-                    )
-                answer = _unread(default(request, error), request)
-            state.fallback = "default"
-        if answer is not None:
-            answer.extensions["seawall"] = state.report()
-        return answer
-
-    async def _fail(
-        self,
-        state: _CallState,
-        error: BaseException,
-        outcome: str,
-        *,
-        cause: BaseException | None = None,
-        stopped: str | None = None,
-        last_response: httpx.Response | None = None,
-    ) -> httpx.Response:
-        """End the call on *error*: answer with a fallback, or raise it with its report."""
-        if last_response is not None:
-            # A retryable status, then a rejection before the next attempt:
-            # the last answer is the call's result.
-            return await self._finish_response(state, last_response, True, outcome)
-        request = state.request
-        if state.sent_unanswered and request.method not in IDEMPOTENT_METHODS:
-            # A keyed POST or PATCH went out, got no answer, and no retry got
-            # one either: whatever ended the call (retries spent, an open
-            # breaker, the deadline), the upstream may have acted on it. Say so,
-            # rather than a rejection that reads as "nothing was sent".
-            unknown = OutcomeUnknownError(
-                f"{request.method} to {self._rt.name!r} was sent but no answer came back; "
-                "it may or may not have taken effect upstream (retry with the same "
-                "idempotency key, or verify)",
-                dependency=self._rt.name,
-                request=request,
-            )
-            unknown.__cause__ = error
-            state.outcome = Outcome.OUTCOME_UNKNOWN
-            state.retry_stopped = stopped
-            unknown.report = state.report()
-            raise unknown
-        state.outcome = outcome
-        state.retry_stopped = stopped
-        fallback = self._fallback_response(state, error, None)
-        if fallback is not None:
-            return fallback
-        attach(error, state.report())
-        if cause is not None and error.__cause__ is None:
-            raise error from cause
-        raise error
-
-
-class _CallState:
-    """The mutable record of one logical call, frozen into a CallReport at the end."""
-
-    __slots__ = (
-        "attempts",
-        "breaker_before",
-        "bulkhead_wait",
-        "deadline_remaining",
-        "endpoint",
-        "fallback",
-        "outcome",
-        "request",
-        "retries",
-        "retry_stopped",
-        "retry_stopped_hint",
-        "sent_unanswered",
-        "start",
-        "status_code",
-        "transport",
-    )
-
-    def __init__(self, transport: ResilientTransport, request: httpx.Request, start: float) -> None:
-        self.transport = transport
-        self.request = request
-        self.start = start
-        self.attempts = 0
-        self.retries: list[str] = []
-        self.endpoint: str | None = None
-        self.breaker_before: str | None = None
-        self.bulkhead_wait = 0.0
-        self.fallback: str | None = None
-        self.outcome = Outcome.SUCCESS
-        self.status_code: int | None = None
-        self.retry_stopped: str | None = None
-        self.retry_stopped_hint: str | None = None
-        self.deadline_remaining: float | None = None
-        #: An attempt may have reached the upstream and got no answer.
-        self.sent_unanswered = False
-
-    def report(self) -> CallReport:
-        t = self.transport
-        rt = t._rt
-        breaker = rt.breaker
-        if breaker is None and t._endpoints:
-            for ep in t._endpoints:
-                if ep.origin == self.endpoint:
-                    breaker = ep.breaker
-        return CallReport(
-            dependency=rt.name,
-            outcome=self.outcome,
-            attempts=self.attempts,
-            retries=tuple(self.retries),
-            elapsed=rt.clock.now() - self.start,
-            endpoint=self.endpoint,
-            method=self.request.method,
-            status_code=self.status_code,
-            breaker_state_before=self.breaker_before,
-            breaker_state=breaker._state.value if breaker is not None else None,
-            bulkhead_wait=self.bulkhead_wait,
-            fallback=self.fallback,
-            timeouts=rt.policy.timeouts,
-            deadline_remaining=self.deadline_remaining,
-            retry_stopped=self.retry_stopped,
+    def _retarget(self, request: Any, endpoint: Endpoint) -> Any:
+        """*request* sent to *endpoint*: with that endpoint's credentials, never another's."""
+        source = next((ep for ep in self._endpoints if ep.matches(request.url)), None)
+        if source is None or source is endpoint:
+            return request
+        x = self._flavor.x
+        url = endpoint.rebase(request.url, source)
+        headers = request.headers.copy()
+        headers["Host"] = endpoint.url.netloc.decode("ascii")
+        if source.origin != endpoint.origin or source.url.userinfo != endpoint.url.userinfo:
+            # As httpx does on a cross-origin redirect: credentials stay with
+            # the provider they were meant for.
+            headers.pop("Authorization", None)
+            if endpoint.url.userinfo:
+                credentials = f"{endpoint.url.username}:{endpoint.url.password}"
+                headers["Authorization"] = "Basic " + base64.b64encode(
+                    credentials.encode("utf-8")
+                ).decode("ascii")
+        return x.Request(
+            request.method,
+            url.copy_with(username=None, password=None),
+            headers=headers,
+            content=request.content if replayable(request) else None,
+            stream=None if replayable(request) else request.stream,
+            extensions=dict(request.extensions),
         )

@@ -218,6 +218,11 @@ class _Engine:
 
 def _build_attrs(key: tuple[object, ...]) -> dict[str, Any]:
     kind = key[0]
+    if kind == "span":
+        _, dependency, method = key
+        if method is None:  # a guard call
+            return {"seawall.dependency": dependency}
+        return {"seawall.dependency": dependency, "http.request.method": method}
     if kind == "call":
         _, dependency, outcome = key
         return {"seawall.dependency": dependency, "seawall.outcome": outcome}
@@ -358,7 +363,7 @@ class CallTelemetry:
     __slots__ = ("_attempt_spans", "_dependency", "_metrics", "_span", "_token", "_tracer")
 
     def __init__(
-        self, tracer: trace.Tracer | None, dependency: str, method: str, inner: object
+        self, tracer: trace.Tracer | None, dependency: str, method: str | None, inner: object
     ) -> None:
         self._tracer = tracer
         self._dependency = dependency
@@ -371,12 +376,12 @@ class CallTelemetry:
         )
         if tracer is not None:
             self._span = tracer.start_span(
-                f"seawall {dependency} {method}",
+                f"seawall {dependency}" if method is None else f"seawall {dependency} {method}",
                 kind=SpanKind.INTERNAL,
-                attributes={"seawall.dependency": dependency, "http.request.method": method},
+                attributes=_engine.attrs("span", dependency, method),
             )
             # The call span is current for the attempts (and for an httpx
-            # instrumentation's spans under it).
+            # instrumentation's spans under it, or the guarded function's own).
             self._token = otel_context.attach(trace.set_span_in_context(self._span))
 
     # attempts
@@ -447,7 +452,7 @@ class CallTelemetry:
     # the end
 
     def finished(
-        self, report: CallReport | None, url: httpx.URL, error: BaseException | None
+        self, report: CallReport | None, url: httpx.URL | None, error: BaseException | None
     ) -> None:
         span = self._span
         if self._token is not None:
@@ -509,7 +514,13 @@ def _span_attributes(report: CallReport) -> dict[str, Any]:
     return attrs
 
 
-def log_call(report: CallReport, url: httpx.URL, span: trace.Span | None = None) -> None:
+def success_logged() -> bool:
+    """Whether a plain success would be logged (then it is worth building its report)."""
+    s = _settings
+    return s.enabled and _LEVELS[s.success_log_level] < 100 and structlog.is_configured()
+
+
+def log_call(report: CallReport, url: httpx.URL | None, span: trace.Span | None = None) -> None:
     """The ``seawall.call`` event. Plain successes are logged only once the app has
     configured structlog: an unconfigured structlog prints every level to stdout,
     and a line per outbound call is not a library's to impose."""
@@ -528,7 +539,8 @@ def log_call(report: CallReport, url: httpx.URL, span: trace.Span | None = None)
     timeouts = fields.pop("timeouts") or {}
     for phase, value in timeouts.items():
         fields[f"timeout_{phase}"] = value
-    fields["url"] = redact_url(url)
+    if url is not None:
+        fields["url"] = redact_url(url)
     if span is not None:
         fields.update(_trace_ids(span))
     logger.log(level, "seawall.call", **fields)
@@ -557,7 +569,7 @@ def _bound_logger() -> Any:
     return _bound[1]
 
 
-def start_call(dependency: str, method: str, inner: object) -> CallTelemetry | None:
+def start_call(dependency: str, method: str | None, inner: object) -> CallTelemetry | None:
     """The span and metrics of a new call, or None when neither is configured
     (then only :func:`log_call` runs at the end)."""
     if not _settings.enabled:

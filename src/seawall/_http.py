@@ -1,0 +1,208 @@
+"""The HTTP pieces the transport front end is made of: what a library is,
+how an attempt's failure is classified, endpoints, and streamed answers.
+
+Everything that names httpx's classes goes through a :class:`Flavor`, so one
+front end serves httpx and httpx2 (same API under another module name).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import AsyncIterator, Callable
+from types import ModuleType
+from typing import Any
+
+from ._breaker import Breaker
+from ._engine import Route
+from ._report import Outcome, RetryReason
+
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "Endpoint",
+    "Flavor",
+    "SendProgress",
+    "idempotency_key_of",
+    "origin_of",
+]
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+def origin_of(url: Any) -> str:
+    """``scheme://host:port`` of a URL, with the default port made explicit."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"{url.scheme}://{url.host}:{port}"
+
+
+def idempotency_key_of(headers: Any, names: tuple[str, ...]) -> str | None:
+    """The request's idempotency key: the first of *names* with a non-blank value.
+
+    An empty or whitespace-only value is no key: it must not make a POST retryable.
+    """
+    for name in names:
+        value = headers.get(name)
+        if value is not None and value.strip():
+            return str(value)
+    return None
+
+
+class Flavor:
+    """One HTTP library (httpx or httpx2): its classes, as the front end needs them."""
+
+    def __init__(self, x: ModuleType, attempt_timeout: Any) -> None:
+        self.x = x
+        self.attempt_timeout: Any = attempt_timeout
+        # The request itself is wrong (a scheme the library cannot send, a
+        # header it refuses): nothing left, a retry cannot help, the upstream
+        # is not to blame.
+        self.our_mistake: tuple[type[Exception], ...] = (
+            x.UnsupportedProtocol,
+            x.LocalProtocolError,
+            x.InvalidURL,
+        )
+        # Checked in order: the first match decides (outcome, retry reason, sent).
+        self._table: tuple[tuple[type[Exception], str, str, bool], ...] = (
+            (attempt_timeout, Outcome.TIMEOUT, RetryReason.ATTEMPT_TIMEOUT, True),
+            (x.ConnectTimeout, Outcome.TIMEOUT, RetryReason.CONNECT_TIMEOUT, False),
+            (x.PoolTimeout, Outcome.TIMEOUT, RetryReason.POOL_TIMEOUT, False),
+            (x.ConnectError, Outcome.CONNECT_ERROR, RetryReason.CONNECT_ERROR, False),
+            (x.ReadTimeout, Outcome.TIMEOUT, RetryReason.READ_TIMEOUT, True),
+            (x.WriteTimeout, Outcome.TIMEOUT, RetryReason.WRITE_TIMEOUT, True),
+            (x.TransportError, Outcome.TRANSPORT_ERROR, RetryReason.TRANSPORT_ERROR, True),
+        )
+
+    def classify(self, exc: BaseException) -> tuple[str, str, bool]:
+        """(outcome, retry reason, sent) for an error raised by an attempt."""
+        if isinstance(exc, self.our_mistake):
+            return Outcome.ERROR, type(exc).__name__, False
+        for cls, outcome, reason, sent in self._table:
+            if isinstance(exc, cls):
+                return outcome, reason, sent
+        return Outcome.ERROR, type(exc).__name__, True
+
+    def unread(self, response: Any, request: Any) -> Any:
+        """A fresh copy of an already-read response, for the client to read like any other.
+
+        httpx times a response (``elapsed``) when it closes the body stream
+        while reading it; a response built with ``content=`` was read and
+        closed on construction, so the client would never set its ``elapsed``.
+        """
+        x = self.x
+        if not response.is_closed:
+            return response  # a stream nobody read yet: the client reads it as usual
+        try:
+            body = response.content
+        except x.ResponseNotRead:
+            return response
+        # ``content`` is decoded already: the copy must not be decoded again.
+        headers = [(k, v) for k, v in response.headers.raw if k.lower() != b"content-encoding"]
+        return x.Response(
+            response.status_code,
+            headers=headers,
+            stream=x.ByteStream(body),
+            extensions=dict(response.extensions),
+            request=request,
+        )
+
+    async def buffered(self, response: Any) -> Any:
+        """The response with its body read now (inside the attempt, under its timeout)."""
+        try:
+            body = b"".join([chunk async for chunk in response.stream])
+        finally:
+            await response.aclose()
+        return self.x.Response(
+            response.status_code,
+            headers=response.headers,
+            # ``stream=``, unlike ``content=``, leaves it unread: the client
+            # reads and decodes it as any network stream (and sets ``elapsed``).
+            stream=self.x.ByteStream(body),
+            extensions={**response.extensions, "seawall.body": body},
+        )
+
+    def held(self, response: Any, release: Callable[[], None]) -> None:
+        """Make a streamed response hold its bulkhead slot until it is closed or collected."""
+        response.stream = _held_stream(response.stream, release, self.x.AsyncByteStream)
+
+
+def _held_stream(inner: Any, release: Callable[[], None], base: type) -> Any:
+    """A response stream that gives its bulkhead slot back when closed (or collected)."""
+    cls = _held_classes.get(base)
+    if cls is None:
+        cls = _held_classes[base] = type("HeldStream", (_Held, base), {})
+    return cls(inner, release)
+
+
+class _Held:
+    _inner: Any
+    _done: Any
+
+    def __init__(self, inner: Any, release: Callable[[], None]) -> None:
+        self._inner = inner
+        # Runs once: at aclose(), or when the response is garbage-collected unclosed.
+        self._done = weakref.finalize(self, release)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._done()
+
+
+_held_classes: dict[type, type] = {}
+
+
+class SendProgress:
+    """An httpcore ``trace`` hook that notes whether the request began to go out.
+
+    When the attempt timeout or the deadline cuts an attempt, this tells a
+    request still waiting for a pool connection or a TCP handshake (never
+    sent: safe to retry, no outcome unknown) from one that was sent. The
+    caller's own ``trace`` hook, if any, still sees every event.
+    """
+
+    __slots__ = ("_theirs", "sent")
+
+    def __init__(self, theirs: Any) -> None:
+        self._theirs = theirs
+        self.sent = False
+
+    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+        if name.endswith(".send_request_headers.started"):
+            self.sent = True
+        if self._theirs is not None:
+            await self._theirs(name, info)
+
+
+class Endpoint(Route):
+    """One redundant provider: its base URL, its breaker, and how URLs match it."""
+
+    __slots__ = ("host", "path", "port", "raw_path", "scheme")
+
+    def __init__(self, x: ModuleType, url: str, breaker: Breaker | None) -> None:
+        super().__init__(breaker, None)
+        self.prefix = url.rstrip("/")
+        self.url = x.URL(self.prefix)
+        self.origin = origin_of(self.url)
+        self.scheme = self.url.scheme
+        self.host = self.url.host
+        self.port = self.url.port or (443 if self.scheme == "https" else 80)
+        self.path = self.url.path.rstrip("/")
+        self.raw_path = self.url.raw_path.split(b"?")[0].rstrip(b"/")
+
+    def matches(self, url: Any) -> bool:
+        """Same scheme, host and port, and the path under ours at a segment boundary."""
+        if url.scheme != self.scheme or url.host != self.host:
+            return False
+        if (url.port or (443 if url.scheme == "https" else 80)) != self.port:
+            return False
+        path = url.path
+        return not self.path or path == self.path or path.startswith(self.path + "/")
+
+    def rebase(self, url: Any, source: Endpoint) -> Any:
+        """*url* (under *source*) moved under this endpoint: path tail and query kept."""
+        tail = url.raw_path[len(source.raw_path) :]
+        return self.url.copy_with(raw_path=self.raw_path + tail)
