@@ -211,7 +211,6 @@ class ResilientTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self._in_flight += 1
-        rt = self._rt
         call = self._new_call(request)
         tel = call.tel
         try:
@@ -240,7 +239,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             return response
         finally:
             self._in_flight -= 1
-            if self._closing and not self._in_flight and rt is not self._rt:
+            if self._closing and not self._in_flight:
                 # Retired by a reload: the last call in flight closes the pool.
                 with anyio.CancelScope(shield=True):
                     await self._inner.aclose()
