@@ -1438,10 +1438,10 @@ BAD_DOCUMENTS = [
         cert = ["a.pem"]
         """,
         (
-            "dependencies.a.headers: must be a table of strings, got {'x-api-key': 1234}",
+            "dependencies.a.headers: must be a table of strings, got [secret]",  # never the value
             "dependencies.a.verify: must be a boolean or a CA bundle path, got 0",
             "dependencies.a.max_redirects: must be an integer >= 0, got True",
-            "dependencies.a.auth: must be a list [username, password], got ['user-only']",
+            "dependencies.a.auth: must be a list [username, password], got [secret]",
             "dependencies.a.http2: must be a boolean, got 'yes'",
             "dependencies.a.cert: must be a path or a list [certfile, keyfile]"
             " or [certfile, keyfile, password], got ['a.pem']",

@@ -142,7 +142,10 @@ class ResilientClient(httpx.AsyncClient):
         )
 
     def __repr__(self) -> str:
-        return f"<ResilientClient {self.dependency!r} base_url={str(self.base_url)!r}>"
+        # httpx's own masking: the password of the URL shows as [secure].
+        from .telemetry._redact import mask_url
+
+        return f"<ResilientClient {self.dependency!r} base_url={mask_url(str(self.base_url))!r}>"
 
     # -- handles -----------------------------------------------------------------
 

@@ -9,12 +9,24 @@ Every value is validated on construction; an invalid one raises
 :class:`~seawall.ConfigError` listing every problem at once, one line each,
 ``key.path: what is wrong, got VALUE``. ``None`` means "disabled" wherever a
 part is optional.
+
+Ranges are bounded both ways (docs/configuration.md lists them): a duration is
+finite and at most ``MAX_SECONDS``, a time window at least ``MIN_WINDOW``, a
+count at most ``MAX_COUNT``, so that no value accepted here can overflow,
+exhaust memory or yield an infinite wait at run time.
+
+No secret is printed: the VALUE of a header, cookie, auth or query-parameter
+table is shown as ``[secret]``, URL passwords as ``[secure]`` (as httpx shows
+them), and so are the ``repr()``s of :class:`DependencySpec` and
+:class:`Config`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -56,10 +68,112 @@ _Problem = tuple[str, str, object]
 DEFAULT_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 DEFAULT_FAILURE_STATUSES = frozenset(range(500, 600))
 
+#: The longest duration any setting may hold, in seconds (about 31 years): far
+#: past any real timeout, far below where float arithmetic on a clock overflows.
+MAX_SECONDS = 1e9
+#: The shortest time window (breaker time window, retry budget window, rate
+#: limit period), in seconds: a window is cut into intervals, and an interval
+#: of a few femtoseconds makes ``clock.now() / width`` overflow on every call.
+MIN_WINDOW = 0.001
+#: The largest count (calls, slots, connections, entries, attempts): a count
+#: window holds one byte per call.
+MAX_COUNT = 1_000_000
+#: The largest rate (calls per period) and burst.
+MAX_RATE = 1e9
+#: The largest growth factor (backoff multiplier, open duration multiplier).
+MAX_MULTIPLIER = 1e6
+#: The largest fallback cache, in bytes (1 TiB).
+MAX_BYTES = 2**40
+
+#: What a ConfigError shows in place of a secret value.
+SECRET = "[secret]"
+# Key names whose values are never printed (header, cookie and auth tables,
+# query parameters, passwords, tokens), however they are spelled or misspelled.
+_SECRET_WORDS = (
+    "header",
+    "cookie",
+    "auth",
+    "passw",
+    "secret",
+    "token",
+    "credential",
+    "api-key",
+    "api_key",
+    "apikey",
+    "param",
+    "session",
+    "cert",
+)
+# httpx options of a dependency table whose values are secrets.
+_SECRET_OPTIONS = frozenset({"headers", "cookies", "auth", "params"})
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# How much of a value a problem line shows.
+_SHOWN_CHARS = 200
+
+
+class _Secret:
+    """Stands for a hidden value inside a printed table."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return SECRET
+
+
+_HIDDEN = _Secret()
+
+
+def _is_secret_key(key: object) -> bool:
+    return isinstance(key, str) and any(word in key.lower() for word in _SECRET_WORDS)
+
+
+def _printable(value: object) -> object:
+    """*value* with URL passwords masked and the values of secret-named keys hidden."""
+    if isinstance(value, str):
+        from .telemetry._redact import mask_url  # local: keep this module light
+
+        return mask_url(value)
+    if isinstance(value, Mapping):
+        return {k: _HIDDEN if _is_secret_key(k) else _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        items = [_printable(v) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    return value
+
+
+def _shown(value: object) -> str:
+    """The VALUE of a problem line: a repr with no secret in it, cut short, and never an error."""
+    try:
+        text = repr(_printable(value))
+    except Exception:  # an int of 4300+ digits, a table nested past the recursion limit
+        if isinstance(value, int):
+            return f"<an integer of {value.bit_length()} bits>"
+        return f"<unprintable {type(value).__name__}>"
+    if len(text) > _SHOWN_CHARS:
+        return f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
+    return text
+
+
+def _line(path: str, message: str, value: object, *, secret: bool = False) -> str:
+    """One problem line; a *secret* value is shown as ``[secret]``."""
+    return f"{path}: {message}, got {SECRET if secret else _shown(value)}"
+
+
+def _key(name: object) -> str:
+    """A table name as a key-path segment: quoted (TOML style) unless it is a bare key."""
+    if isinstance(name, str) and _BARE_KEY.fullmatch(name):
+        return name
+    return json.dumps(name) if isinstance(name, str) else _shown(name)
+
 
 def _fmt(prefix: str, problem: _Problem) -> str:
     key, message, value = problem
-    return f"{prefix}{key}: {message}, got {value!r}"
+    return _line(f"{prefix}{key}", message, value)
+
+
+def _num(x: float) -> str:
+    """A bound as people write it: ``1_000_000_000``, ``0.001``."""
+    return f"{int(x):_}" if float(x).is_integer() else repr(x)
 
 
 def _raise_if(cls_name: str, problems: list[_Problem]) -> None:
@@ -73,6 +187,13 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_finite(value: object) -> bool:
+    """A finite int or float (math.isfinite overflows on an int past ~1e308)."""
+    if not _is_number(value):
+        return False
+    return isinstance(value, int) or math.isfinite(value)  # type: ignore[arg-type]
+
+
 def _seconds(
     out: list[_Problem],
     key: str,
@@ -81,14 +202,17 @@ def _seconds(
     optional: bool = True,
     zero_ok: bool = False,
     unit: str = " of seconds",
+    minimum: float | None = None,
+    maximum: float = MAX_SECONDS,
 ) -> None:
     """A duration: a finite number of seconds, positive (or >= 0 with zero_ok), or None.
 
-    ``unit=""`` checks a plain positive number the same way (a rate, a count of calls).
+    It is at most *maximum* and, if given, at least *minimum*. ``unit=""``
+    checks a plain positive number the same way (a rate, a count of calls).
     """
     if value is None and optional:
         return
-    if not _is_number(value) or not math.isfinite(value):  # type: ignore[arg-type]
+    if not _is_finite(value):
         out.append(
             (key, f"must be a finite number{unit}" + (" or None" if optional else ""), value)
         )
@@ -96,17 +220,34 @@ def _seconds(
         out.append((key, "must be >= 0", value))
     elif not zero_ok and value <= 0:  # type: ignore[operator]
         out.append((key, "must be > 0", value))
+    elif minimum is not None and value < minimum:  # type: ignore[operator]
+        out.append((key, f"must be >= {_num(minimum)}", value))
+    elif value > maximum:  # type: ignore[operator]
+        out.append((key, f"must be <= {_num(maximum)}", value))
 
 
-def _integer(out: list[_Problem], key: str, value: object, *, minimum: int) -> None:
+def _integer(
+    out: list[_Problem], key: str, value: object, *, minimum: int, maximum: int = MAX_COUNT
+) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         out.append((key, "must be an integer", value))
     elif value < minimum:
         out.append((key, f"must be >= {minimum}", value))
+    elif value > maximum:
+        out.append((key, f"must be <= {_num(maximum)}", value))
+
+
+def _multiplier(out: list[_Problem], key: str, value: object) -> None:
+    if not _is_finite(value):
+        out.append((key, "must be a finite number", value))
+    elif value < 1:  # type: ignore[operator]
+        out.append((key, "must be >= 1", value))
+    elif value > MAX_MULTIPLIER:  # type: ignore[operator]
+        out.append((key, f"must be <= {_num(MAX_MULTIPLIER)}", value))
 
 
 def _fraction(out: list[_Problem], key: str, value: object, *, zero_ok: bool = False) -> None:
-    if not _is_number(value) or not math.isfinite(value):  # type: ignore[arg-type]
+    if not _is_finite(value):
         out.append((key, "must be a finite number", value))
     elif not ((value >= 0 if zero_ok else value > 0) and value <= 1):  # type: ignore[operator]
         out.append((key, "must be in [0, 1]" if zero_ok else "must be in (0, 1]", value))
@@ -189,10 +330,7 @@ class Backoff:
         _seconds(problems, "maximum", self.maximum, optional=False, zero_ok=True)
         if not problems and self.maximum < self.initial:
             problems.append(("maximum", f"must be >= initial ({self.initial})", self.maximum))
-        if not _is_number(self.multiplier) or not math.isfinite(self.multiplier):
-            problems.append(("multiplier", "must be a finite number", self.multiplier))
-        elif self.multiplier < 1:
-            problems.append(("multiplier", "must be >= 1", self.multiplier))
+        _multiplier(problems, "multiplier", self.multiplier)
         if not isinstance(self.jitter, bool):
             problems.append(("jitter", "must be a boolean", self.jitter))
         _raise_if("Backoff", problems)
@@ -222,14 +360,20 @@ class RetryBudget:
 
     def __post_init__(self) -> None:
         problems: list[_Problem] = []
-        if not _is_number(self.ratio) or not math.isfinite(self.ratio):
+        if not _is_finite(self.ratio):
             problems.append(("ratio", "must be a finite number", self.ratio))
         elif not 0 <= self.ratio <= 10:
             problems.append(("ratio", "must be in [0, 10]", self.ratio))
         _seconds(
-            problems, "min_per_second", self.min_per_second, optional=False, zero_ok=True, unit=""
+            problems,
+            "min_per_second",
+            self.min_per_second,
+            optional=False,
+            zero_ok=True,
+            unit="",
+            maximum=MAX_RATE,
         )
-        _seconds(problems, "window", self.window, optional=False)
+        _seconds(problems, "window", self.window, optional=False, minimum=MIN_WINDOW)
         _raise_if("RetryBudget", problems)
 
 
@@ -335,7 +479,7 @@ class CircuitBreaker:
         elif self.window == "count":
             _integer(problems, "window_size", self.window_size, minimum=1)
         else:
-            _seconds(problems, "window_size", self.window_size, optional=False)
+            _seconds(problems, "window_size", self.window_size, optional=False, minimum=MIN_WINDOW)
         window_ok = len(problems) == before
         before = len(problems)
         _integer(problems, "minimum_calls", self.minimum_calls, minimum=1)
@@ -355,20 +499,7 @@ class CircuitBreaker:
         before = len(problems)
         _seconds(problems, "open_duration", self.open_duration, optional=False)
         open_ok = len(problems) == before
-        if not _is_number(self.open_duration_multiplier) or not math.isfinite(
-            self.open_duration_multiplier
-        ):
-            problems.append(
-                (
-                    "open_duration_multiplier",
-                    "must be a finite number",
-                    self.open_duration_multiplier,
-                )
-            )
-        elif self.open_duration_multiplier < 1:
-            problems.append(
-                ("open_duration_multiplier", "must be >= 1", self.open_duration_multiplier)
-            )
+        _multiplier(problems, "open_duration_multiplier", self.open_duration_multiplier)
         before = len(problems)
         _seconds(problems, "max_open_duration", self.max_open_duration)
         if (
@@ -409,15 +540,23 @@ class RateLimit:
 
     def __post_init__(self) -> None:
         problems: list[_Problem] = []
-        _seconds(problems, "rate", self.rate, optional=False, unit="")
-        _seconds(problems, "per", self.per, optional=False)
+        _seconds(problems, "rate", self.rate, optional=False, unit="", maximum=MAX_RATE)
+        _seconds(problems, "per", self.per, optional=False, minimum=MIN_WINDOW)
+        if not problems and self.per / self.rate > MAX_SECONDS:
+            # One token per ``per / rate`` seconds: the wait a caller is told
+            # (retry_after) must stay finite.
+            problems.append(
+                ("rate", f"must be >= per / {_num(MAX_SECONDS)} (per = {self.per})", self.rate)
+            )
         if self.burst is None:
             if not problems:
                 object.__setattr__(self, "burst", max(1.0, float(self.rate)))
-        elif not _is_number(self.burst) or not math.isfinite(self.burst):
+        elif not _is_finite(self.burst):
             problems.append(("burst", "must be a finite number or None", self.burst))
         elif self.burst < 1:
             problems.append(("burst", "must be >= 1", self.burst))
+        elif self.burst > MAX_RATE:
+            problems.append(("burst", f"must be <= {_num(MAX_RATE)}", self.burst))
         _seconds(problems, "max_wait", self.max_wait, optional=False, zero_ok=True)
         _raise_if("RateLimit", problems)
 
@@ -456,7 +595,7 @@ class Fallback:
             )
         _seconds(problems, "stale_if_error", self.stale_if_error)
         _integer(problems, "max_entries", self.max_entries, minimum=1)
-        _integer(problems, "max_bytes", self.max_bytes, minimum=1)
+        _integer(problems, "max_bytes", self.max_bytes, minimum=1, maximum=MAX_BYTES)
         if self.default is not None and not callable(self.default):
             import httpx  # local: keep ``import seawall._config`` light
 
@@ -467,17 +606,36 @@ class Fallback:
         _raise_if("Fallback", problems)
 
 
+class _DerivedKeepalive(int):
+    """``Pool.max_keepalive`` that was not given: ``min(20, max_connections)``.
+
+    An int, so every reader sees a plain number; its type marks it as derived,
+    so that ``dataclasses.replace(pool, max_connections=5)`` derives it again
+    instead of keeping a value the user never set.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Pool:
-    """The dependency's own connection pool (see httpx.Limits)."""
+    """The dependency's own connection pool (see httpx.Limits).
+
+    ``max_keepalive`` (idle connections kept open) defaults to
+    ``min(20, max_connections)``; a value you give must be <= ``max_connections``.
+    """
 
     max_connections: int = 100
-    max_keepalive: int = 20
+    max_keepalive: int = _DerivedKeepalive(20)
     keepalive_expiry: float | None = 5.0
 
     def __post_init__(self) -> None:
         problems: list[_Problem] = []
         _integer(problems, "max_connections", self.max_connections, minimum=1)
+        if type(self.max_keepalive) is _DerivedKeepalive and not problems:
+            object.__setattr__(
+                self, "max_keepalive", _DerivedKeepalive(min(20, self.max_connections))
+            )
         _integer(problems, "max_keepalive", self.max_keepalive, minimum=0)
         if not problems and self.max_keepalive > self.max_connections:
             problems.append(
@@ -582,16 +740,16 @@ def _build(cls: type, data: object, path: str, problems: list[str], *, optional:
     if data is False and optional:
         return None
     if not isinstance(data, Mapping):
-        problems.append(
-            f"{path}: must be a table" + (" or false" if optional else "") + f", got {data!r}"
-        )
+        problems.append(_line(path, "must be a table" + (" or false" if optional else ""), data))
         return None
     before = len(problems)
     allowed = _MAPPING_KEYS[cls]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in allowed:
-            problems.append(f"{path}.{key}: unknown key, got {value!r}")
+            problems.append(
+                _line(f"{path}.{_key(key)}", "unknown key", value, secret=_is_secret_key(key))
+            )
             continue
         n = len(problems)
         if cls is Retry and key == "backoff":
@@ -623,30 +781,43 @@ def _response_from_mapping(data: object, path: str, problems: list[str]) -> Any:
     if not isinstance(data, Mapping):
         if isinstance(data, httpx.Response) or callable(data):  # from Python code
             return data
-        problems.append(f"{path}: must be a table of status, headers, json or text, got {data!r}")
+        problems.append(_line(path, "must be a table of status, headers, json or text", data))
         return None
     before = len(problems)
     problems.extend(
-        f"{path}.{key}: unknown key, got {data[key]!r}"
+        _line(f"{path}.{_key(key)}", "unknown key", data[key], secret=_is_secret_key(key))
         for key in data
         if key not in ("status", "headers", "json", "text")
     )
     status = data.get("status", 200)
     if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-        problems.append(f"{path}.status: must be a status code in 100..599, got {status!r}")
+        problems.append(_line(f"{path}.status", "must be a status code in 100..599", status))
     headers = data.get("headers", {})
     if not _is_str_table(headers):
-        problems.append(f"{path}.headers: must be a table of strings, got {headers!r}")
+        problems.append(_line(f"{path}.headers", "must be a table of strings", headers))
+    elif not all(k.isascii() and v.isascii() for k, v in headers.items()):
+        problems.append(_line(f"{path}.headers", "must be a table of ASCII strings", headers))
     text = data.get("text")
     if text is not None and not isinstance(text, str):
-        problems.append(f"{path}.text: must be a string, got {text!r}")
+        problems.append(_line(f"{path}.text", "must be a string", text))
     if "json" in data and "text" in data:
-        problems.append(f"{path}.text: set json or text, not both, got {text!r}")
+        problems.append(_line(f"{path}.text", "set json or text, not both", text))
+    elif "json" in data:
+        try:
+            json.dumps(data["json"], allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            problems.append(
+                _line(f"{path}.json", "must be JSON data (no dates, NaN or infinity)", data["json"])
+            )
     if len(problems) > before:
         return None
-    if "json" in data:
-        return httpx.Response(status, headers=dict(headers), json=data["json"])
-    return httpx.Response(status, headers=dict(headers), text=text or "")
+    try:
+        if "json" in data:
+            return httpx.Response(status, headers=dict(headers), json=data["json"])
+        return httpx.Response(status, headers=dict(headers), text=text or "")
+    except (TypeError, ValueError) as exc:  # text httpx cannot encode, say
+        problems.append(_line(path, f"cannot be made a response ({type(exc).__name__})", data))
+        return None
 
 
 def _is_str_table(value: object) -> bool:
@@ -658,7 +829,7 @@ def _is_str_table(value: object) -> bool:
 def _policy_from_mapping(data: object, path: str, problems: list[str]) -> Policy | None:
     prefix = f"{path}." if path else ""
     if not isinstance(data, Mapping):
-        problems.append(f"{path or '<policy>'}: must be a table, got {data!r}")
+        problems.append(_line(path or "<policy>", "must be a table", data))
         return None
     before = len(problems)
     kwargs: dict[str, Any] = {}
@@ -666,13 +837,15 @@ def _policy_from_mapping(data: object, path: str, problems: list[str]) -> Policy
     for key, value in data.items():
         if key == "forward_deadline":
             if not isinstance(value, bool):
-                problems.append(f"{prefix}forward_deadline: must be a boolean, got {value!r}")
+                problems.append(_line(f"{prefix}forward_deadline", "must be a boolean", value))
             kwargs[key] = value
         elif key in parts:
             cls, optional = parts[key]
             kwargs[key] = _build(cls, value, f"{prefix}{key}", problems, optional=optional)
         else:
-            problems.append(f"{prefix}{key}: unknown key, got {value!r}")
+            problems.append(
+                _line(f"{prefix}{_key(key)}", "unknown key", value, secret=_is_secret_key(key))
+            )
     if len(problems) > before:
         return None
     return Policy(**kwargs)
@@ -717,7 +890,12 @@ _POLICY_KEYS = frozenset(name for name, _, _ in _POLICY_PARTS) | {"forward_deadl
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DependencySpec:
-    """One dependency as configured: its merged policy, where it lives, httpx options."""
+    """One dependency as configured: its merged policy, where it lives, httpx options.
+
+    ``name`` is non-empty and printable; ``base_url`` and each of ``endpoints``
+    is an http(s) URL with a host and no whitespace. Its ``repr()`` masks URL
+    passwords and hides header, cookie, auth and query-parameter values.
+    """
 
     name: str
     policy: Policy
@@ -725,10 +903,61 @@ class DependencySpec:
     endpoints: tuple[str, ...] = ()
     httpx_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
+    def __post_init__(self) -> None:
+        if isinstance(self.endpoints, list):
+            object.__setattr__(self, "endpoints", tuple(self.endpoints))
+        problems: list[_Problem] = []
+        if not _is_name(self.name):
+            problems.append(("name", _NAME_RULE, self.name))
+        if not isinstance(self.policy, Policy):
+            problems.append(("policy", "must be a Policy", self.policy))
+        if self.base_url is not None:
+            _url(problems, "base_url", self.base_url)
+        if not isinstance(self.endpoints, tuple):
+            problems.append(("endpoints", "must be a tuple of URLs", self.endpoints))
+        else:
+            for i, url in enumerate(self.endpoints):
+                _url(problems, f"endpoints[{i}]", url)
+            if self.endpoints and self.base_url is not None:
+                problems.append(
+                    ("endpoints", "set base_url or endpoints, not both", self.endpoints)
+                )
+        if not isinstance(self.httpx_options, Mapping):
+            problems.append(("httpx_options", "must be a mapping", self.httpx_options))
+        _raise_if("DependencySpec", problems)
+
+    def __repr__(self) -> str:
+        options = {key: _option_shown(key, value) for key, value in self.httpx_options.items()}
+        return (
+            f"DependencySpec(name={self.name!r}, policy={self.policy!r}, "
+            f"base_url={_shown(self.base_url)}, endpoints={_shown(self.endpoints)}, "
+            f"httpx_options={options!r})"
+        )
+
+
+def _option_shown(key: str, value: object) -> object:
+    """An httpx option as ``repr()`` may show it: header names, never their values."""
+    if key in _SECRET_OPTIONS:
+        if isinstance(value, Mapping):
+            return dict.fromkeys(value, _HIDDEN)
+        return _HIDDEN
+    return _printable(_cert_shown(value) if key == "cert" else value)
+
+
+def _cert_shown(value: object) -> object:
+    """``[certfile, keyfile, password]`` with the password hidden."""
+    if isinstance(value, list | tuple) and len(value) > 2:
+        shown = [*value[:2], *[_HIDDEN] * (len(value) - 2)]
+        return shown if isinstance(value, list) else tuple(shown)
+    return value
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
-    """A whole configuration: the default policy and every dependency."""
+    """A whole configuration: the default policy and every dependency.
+
+    Its ``repr()`` is made of the dependencies' and shows no secret either.
+    """
 
     defaults: Policy
     dependencies: Mapping[str, DependencySpec]
@@ -755,9 +984,45 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
     return merged
 
 
-def _check_url(url: object, path: str, problems: list[str]) -> None:
+_NAME_RULE = "must be a non-empty name of printable characters"
+
+
+def _is_name(name: object) -> bool:
+    """A dependency name: it labels metrics and log lines, so no control characters."""
+    return isinstance(name, str) and bool(name.strip()) and name.isprintable()
+
+
+def _url_problem(url: object) -> str | None:
+    """What is wrong with an upstream URL, or None."""
+    import httpx  # local: keep ``import seawall._config`` light
+
+    if isinstance(url, httpx.URL):
+        url = str(url)
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        problems.append(f"{path}: must be an http:// or https:// URL, got {url!r}")
+        return "must be an http:// or https:// URL"
+    if not url.isprintable() or any(c.isspace() for c in url):
+        return "must be a URL without spaces or control characters"
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):  # a bad port, an IDNA error
+        return "must be a valid URL"
+    if not parsed.host:
+        return "must be a URL with a host"
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        return "must be a URL with a port in 1..65535"
+    return None
+
+
+def _url(out: list[_Problem], key: str, url: object) -> None:
+    message = _url_problem(url)
+    if message is not None:
+        out.append((key, message, url))
+
+
+def _check_url(url: object, path: str, problems: list[str]) -> None:
+    message = _url_problem(url)
+    if message is not None:
+        problems.append(_line(path, message, url))
 
 
 def _is_set(table: Mapping[str, Any], key_path: str) -> bool:
@@ -772,16 +1037,16 @@ def _is_set(table: Mapping[str, Any], key_path: str) -> bool:
 
 def _config_from_mapping(data: Mapping[str, Any], problems: list[str]) -> Config | None:
     if not isinstance(data, Mapping):
-        problems.append(f"<config>: must be a table, got {data!r}")
+        problems.append(_line("<config>", "must be a table", data))
         return None
     problems.extend(
-        f"{key}: unknown key, got {data[key]!r}"
+        _line(_key(key), "unknown key", data[key], secret=_is_secret_key(key))
         for key in data
         if key not in ("defaults", "dependencies")
     )
     defaults_data = data.get("defaults", {})
     if not isinstance(defaults_data, Mapping):
-        problems.append(f"defaults: must be a table, got {defaults_data!r}")
+        problems.append(_line("defaults", "must be a table", defaults_data))
         defaults_data = {}
     # Key paths relative to the policy, so that a problem a dependency merely
     # inherits from [defaults] is reported once, under defaults.
@@ -790,15 +1055,17 @@ def _config_from_mapping(data: Mapping[str, Any], problems: list[str]) -> Config
     problems.extend(f"defaults.{p}" for p in defaults_problems)
     deps_data = data.get("dependencies", {})
     if not isinstance(deps_data, Mapping):
-        problems.append(f"dependencies: must be a table, got {deps_data!r}")
+        problems.append(_line("dependencies", "must be a table", deps_data))
         deps_data = {}
     specs: dict[str, DependencySpec] = {}
     for name, table in deps_data.items():
-        path = f"dependencies.{name}"
+        path = f"dependencies.{_key(name)}"
         if not isinstance(table, Mapping):
-            problems.append(f"{path}: must be a table, got {table!r}")
+            problems.append(_line(path, "must be a table", table))
             continue
         before = len(problems)
+        if not _is_name(name):
+            problems.append(_line(path, f"{_NAME_RULE} (the dependency's name)", name))
         policy_part: dict[str, Any] = {}
         options: dict[str, Any] = {}
         base_url = table.get("base_url")
@@ -811,21 +1078,25 @@ def _config_from_mapping(data: Mapping[str, Any], problems: list[str]) -> Config
             elif key in _HTTPX_OPTIONS:
                 valid, kind = _HTTPX_OPTIONS[key]
                 if not valid(value):
-                    problems.append(f"{path}.{key}: must be {kind}, got {value!r}")
+                    shown = _cert_shown(value) if key == "cert" else value
+                    secret = key in _SECRET_OPTIONS
+                    problems.append(_line(f"{path}.{key}", f"must be {kind}", shown, secret=secret))
                 else:
                     options[key] = tuple(value) if isinstance(value, list) else value
             else:
-                problems.append(f"{path}.{key}: unknown key, got {value!r}")
+                problems.append(
+                    _line(f"{path}.{_key(key)}", "unknown key", value, secret=_is_secret_key(key))
+                )
         if base_url is not None:
             _check_url(base_url, f"{path}.base_url", problems)
         if endpoints is not None:
             if base_url is not None:
                 problems.append(
-                    f"{path}.endpoints: set base_url or endpoints, not both, got {endpoints!r}"
+                    _line(f"{path}.endpoints", "set base_url or endpoints, not both", endpoints)
                 )
             elif not isinstance(endpoints, list) or not endpoints:
                 problems.append(
-                    f"{path}.endpoints: must be a non-empty list of URLs, got {endpoints!r}"
+                    _line(f"{path}.endpoints", "must be a non-empty list of URLs", endpoints)
                 )
             else:
                 for i, url in enumerate(endpoints):
@@ -860,6 +1131,9 @@ def load_config(path: str | PathLike[str]) -> Config:
     with open(path, "rb") as f:
         try:
             data = tomllib.load(f)
-        except tomllib.TOMLDecodeError as exc:
+        # TOMLDecodeError, and what tomllib lets through: UnicodeDecodeError (not
+        # UTF-8), ValueError (an integer of 4300+ digits), RecursionError (arrays
+        # nested some hundreds deep).
+        except (ValueError, RecursionError) as exc:
             raise ConfigError([f"{path}: not valid TOML ({exc})"]) from exc
     return Config.from_mapping(data)
