@@ -34,13 +34,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import anyio
-
 from ._breaker import Breaker
 from ._deadline import _current as _ambient
 from ._exceptions import DeadlineExceededError, RejectedError, SeawallError
 from ._retry import backoff_delay, backoff_sleep
 from ._runtime import Runtime
+from ._timeout import attempt_scope
 
 __all__ = [
     "ANSWER",
@@ -427,7 +426,7 @@ async def _attempt(
         if limit is None:
             result = await fe.send(call, route, None)
         else:
-            with anyio.CancelScope(deadline=anyio.current_time() + limit) as scope:
+            with attempt_scope(limit) as scope:
                 result = await fe.send(call, route, limit)
             if scope.cancelled_caught:
                 result = None

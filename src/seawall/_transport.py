@@ -37,6 +37,7 @@ from ._engine import (
     stop,
 )
 from ._exceptions import DeadlineExceededError, OutcomeUnknownError, SeawallError
+from ._fallback import fail_call, finish_response
 from ._http import IDEMPOTENT_METHODS, Endpoint, Flavor, SendProgress, idempotency_key_of, origin_of
 from ._report import CallReport, Outcome, report_of
 from ._retry import parse_retry_after
@@ -416,16 +417,12 @@ class ResilientTransport(httpx.AsyncBaseTransport):
     async def answer(
         self, call: HttpCall, response: httpx.Response, stopped: str | None
     ) -> httpx.Response:
-        from ._fallback import finish_response
-
         answer: httpx.Response = await finish_response(self, call, response, stopped)
         return answer
 
     async def fail(
         self, call: HttpCall, error: Exception, stopped: str | None, last: Any
     ) -> httpx.Response:
-        from ._fallback import fail_call
-
         answer: httpx.Response = await fail_call(self, call, error, stopped, last)
         return answer
 
