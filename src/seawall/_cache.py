@@ -3,17 +3,28 @@
 Purpose-built rather than hishel (evaluated; see docs/fallbacks.md): hishel
 serves no stale response on a transport error, keys by URL alone (its default
 mode served one user's response to another in our probes), and has no
-in-memory storage bounded by entries and bytes. What we keep:
+in-memory storage bounded by entries and bytes. What we keep, and for whom:
 
-* a key of method and full URL; each key holds variants told apart by the
-  request headers the response's ``Vary`` names and by a fingerprint of the
-  request's credentials (``Authorization``, ``Cookie``, ``Proxy-Authorization``),
-  an HMAC under a per-process random key, so no secret is stored;
-* responses marked ``no-store``, ``must-revalidate`` or ``Vary: *`` are never
-  kept (``no-cache`` responses are: serving one only when the origin cannot be
-  reached is this cache's whole purpose, and many APIs send ``no-cache`` by
-  default);
+* the key is an HMAC, under a per-process random key, of the method, the full
+  URL, the request body and every request header except the neutral ones
+  (:data:`NEUTRAL_HEADERS`: content negotiation, trace context, framing,
+  per-request ids). Credentials travel in many headers (``Authorization``,
+  ``Cookie``, ``X-API-Key``, ``X-Auth-Token``...): rather than guess their
+  names, every header not known to be neutral tells requests apart. No
+  header value, URL or body is stored, only the digest;
+* each key holds one response, served back only if the request headers its
+  ``Vary`` names have the same values (compared as an HMAC too);
+* never kept: ``no-store``, ``must-revalidate``/``proxy-revalidate``,
+  ``Vary: *``, ``206 Partial Content``, an answer to a request with
+  ``Range``, a request whose body was streamed (it cannot be keyed), and a
+  ``Cache-Control: private`` answer to a request that carries nothing but
+  neutral headers (the origin says it is someone's, the cache cannot tell
+  whose). ``Set-Cookie`` is never replayed;
 * an LRU bounded by ``max_entries`` and ``max_bytes`` of bodies.
+
+``no-cache`` responses are kept: serving one only when the origin cannot be
+reached is this cache's whole purpose, and many APIs send ``no-cache`` by
+default.
 """
 
 from __future__ import annotations
@@ -27,24 +38,96 @@ from dataclasses import dataclass
 import httpx
 
 from ._clock import Clock
+from ._deadline import forward_header
 
-__all__ = ["ResponseCache"]
+__all__ = ["NEUTRAL_HEADERS", "ResponseCache"]
 
 _SECRET = os.urandom(32)
-_CREDENTIAL_HEADERS = frozenset({b"authorization", b"cookie", b"proxy-authorization"})
-# Framing headers are recomputed for the replayed body.
-_DROP = frozenset({b"transfer-encoding", b"connection", b"keep-alive", b"age"})
+
+#: Request headers that never tell one user's request from another's, left out
+#: of the cache key (the response's ``Vary`` still applies to them). Every
+#: other header is part of the key. The ASGI middleware's deadline header
+#: (``forward_header``) is neutral too, whatever its name.
+NEUTRAL_HEADERS = frozenset(
+    {
+        # content negotiation: governed by the response's Vary
+        b"accept",
+        b"accept-charset",
+        b"accept-encoding",
+        b"accept-language",
+        b"user-agent",
+        # trace context: W3C, B3, Jaeger, AWS X-Ray, Sentry
+        b"traceparent",
+        b"tracestate",
+        b"baggage",
+        b"b3",
+        b"x-b3-traceid",
+        b"x-b3-spanid",
+        b"x-b3-parentspanid",
+        b"x-b3-sampled",
+        b"x-b3-flags",
+        b"uber-trace-id",
+        b"x-amzn-trace-id",
+        b"sentry-trace",
+        # per-request ids and deadlines
+        b"x-request-id",
+        b"x-correlation-id",
+        b"idempotency-key",
+        b"request-timeout",
+        # request cache directives, framing and hop-by-hop headers
+        b"cache-control",
+        b"pragma",
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"expect",
+        b"content-length",
+        b"transfer-encoding",
+    }
+)
+# Framing headers are recomputed for the replayed body; Set-Cookie is never
+# replayed (it would hand one caller's upstream session to the next).
+# Keyed, but saying nothing of who asks: a request with nothing else names no one.
+_IMPERSONAL = frozenset({b"host", b"content-type"})
+_DROP = frozenset(
+    {b"transfer-encoding", b"connection", b"keep-alive", b"age", b"set-cookie", b"set-cookie2"}
+)
 
 
-def _credentials(request: httpx.Request) -> bytes | None:
-    # One pass over the raw headers: httpx's Headers.get scans them all per name.
-    # Names included: the same value as a cookie and as a bearer token differ.
-    values = sorted(
-        k.lower() + b":" + v for k, v in request.headers.raw if k.lower() in _CREDENTIAL_HEADERS
-    )
-    if not values:
+def _key(request: httpx.Request) -> tuple[bytes, bool] | None:
+    """The request's key, and whether it carried a header that may say who asks.
+
+    None for a request that must never meet the cache: it asks for a range,
+    or its body was streamed and cannot be hashed.
+    """
+    try:
+        body = request.content
+    except httpx.RequestNotRead:
         return None
-    return hmac.new(_SECRET, b"\x00".join(values), hashlib.sha256).digest()
+    deadline_header = forward_header.get().lower().encode("latin-1")
+    keyed = []
+    personal = False
+    for name, value in request.headers.raw:
+        lower = name.lower()
+        if lower == b"range":
+            return None
+        if lower not in NEUTRAL_HEADERS and lower != deadline_header:
+            keyed.append(b"%d:%s:%d:%s" % (len(lower), lower, len(value), value))
+            personal = personal or lower not in _IMPERSONAL
+    keyed.sort()
+    digest = hmac.new(_SECRET, digestmod=hashlib.sha256)
+    for part in (request.method.encode("ascii"), str(request.url).encode(), body, *keyed):
+        digest.update(b"%d:" % len(part))
+        digest.update(part)
+    return digest.digest(), personal
+
+
+def _vary_digest(request: httpx.Request, names: tuple[str, ...]) -> bytes:
+    digest = hmac.new(_SECRET, digestmod=hashlib.sha256)
+    for name in names:
+        value = request.headers.get(name)
+        digest.update(b"-" if value is None else b"+%d:%s" % (len(value), value.encode()))
+    return digest.digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +137,7 @@ class _Entry:
     body: bytes
     stored_at: float
     vary: tuple[str, ...]
-    vary_values: tuple[str | None, ...]
-    credentials: bytes | None
+    vary_digest: bytes
 
 
 class ResponseCache:
@@ -67,8 +149,8 @@ class ResponseCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._clock = clock
-        # (method, url, credentials fingerprint) -> entry
-        self._entries: OrderedDict[tuple[object, ...], _Entry] = OrderedDict()
+        # HMAC of (method, URL, body, non-neutral headers) -> entry
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -79,21 +161,16 @@ class ResponseCache:
         """Bytes of bodies held."""
         return self._bytes
 
-    @staticmethod
-    def storable(response_headers: httpx.Headers) -> bool:
-        cache_control = response_headers.get("cache-control", "").lower()
-        # no-store: never keep it. must-revalidate (and proxy-revalidate): the
-        # origin forbids serving it stale, which is all this cache ever does.
-        if "no-store" in cache_control or "revalidate" in cache_control:
-            return False
-        return bool(response_headers.get("vary", "").strip() != "*")
-
     def store(
         self, request: httpx.Request, status: int, headers: httpx.Headers, body: bytes
     ) -> None:
         """Keep a successful response (the caller checked method and status)."""
-        if len(body) > self.max_bytes:
+        if len(body) > self.max_bytes or status == 206:
             return
+        found = _key(request)
+        if found is None:
+            return
+        key, personal = found
         # One pass over the raw headers for what we need of them.
         kept = []
         cache_control = vary_header = b""
@@ -109,61 +186,55 @@ class ResponseCache:
         # origin forbids serving it stale, which is all this cache ever does.
         if b"no-store" in cache_control or b"revalidate" in cache_control:
             return
+        # private: one user's answer. The key already holds every header that
+        # could say whose; with none, the cache cannot tell, so it keeps nothing.
+        if b"private" in cache_control and not personal:
+            return
         vary_names = {n.strip() for n in vary_header.decode("latin-1").split(",") if n.strip()}
         if "*" in vary_names:
             return
-        # One entry per (method, URL, credentials): a newer response replaces an
-        # older one even when its Vary differs, so the cache never serves a
-        # variant the origin has since stopped sending. O(1) per call.
-        key = (request.method, str(request.url), _credentials(request))
+        vary = tuple(sorted(vary_names))
+        vary_digest = _vary_digest(request, vary)
         now = self._clock.now()
         old = self._entries.get(key)
         if (
             old is not None
             and old.status == status
             and old.body == body
-            and tuple(kept) == old.headers
-            and all(
-                request.headers.get(name) == value
-                for name, value in zip(old.vary, old.vary_values, strict=True)
-            )
+            and old.headers == tuple(kept)
+            and old.vary == vary
+            and old.vary_digest == vary_digest
         ):
-            # The same answer again (the common case): only its age and
-            # its place in the LRU change.
-            self._entries[key] = _Entry(
-                status, old.headers, old.body, now, old.vary, old.vary_values, old.credentials
-            )
+            # The same answer again (the common case): only its age and its
+            # place in the LRU change.
+            self._entries[key] = _Entry(status, old.headers, old.body, now, vary, vary_digest)
             self._entries.move_to_end(key)
             return
-        vary = tuple(sorted(vary_names))
-        entry = _Entry(
-            status=status,
-            headers=tuple(kept),
-            body=body,
-            stored_at=now,
-            vary=vary,
-            vary_values=tuple(request.headers.get(name) for name in vary),
-            credentials=key[2],
-        )
+        # One entry per key: a newer response replaces an older one even when
+        # its Vary differs, so the cache never serves a variant the origin has
+        # since stopped sending.
         if old is not None:
             del self._entries[key]
             self._bytes -= len(old.body)
-        self._entries[key] = entry
+        self._entries[key] = _Entry(status, tuple(kept), body, now, vary, vary_digest)
         self._bytes += len(body)
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
 
-    def _drop(self, key: tuple[object, ...]) -> None:
+    def _drop(self, key: bytes) -> None:
         entry = self._entries.pop(key)
         self._bytes -= len(entry.body)
 
     def lookup(self, request: httpx.Request, max_age: float) -> httpx.Response | None:
         """The stored response for *request* if younger than *max_age* seconds, with ``Age``."""
-        key = (request.method, str(request.url), _credentials(request))
+        found = _key(request)
+        if found is None:
+            return None
+        key = found[0]
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if tuple(request.headers.get(name) for name in entry.vary) != entry.vary_values:
+        if not hmac.compare_digest(_vary_digest(request, entry.vary), entry.vary_digest):
             return None
         age = self._clock.now() - entry.stored_at
         if age >= max_age:
