@@ -61,7 +61,22 @@ def problem_for(
     DeadlineExceededError and timeouts: 504; OutcomeUnknownError: 502. Other
     errors get None (they pass through). The body names the dependency and the
     reason, and nothing else: no URL, header or traceback leaks out.
+
+    A handler that fans out in a task group gets its dependency's error back
+    wrapped in an exception group. A group is answered only if every error in
+    it (nested groups included) is one seawall answers, and the first one
+    answers. A group that holds anything else (a ``KeyError`` beside a
+    ``CircuitOpenError``, say) is a bug as well as an outage: None, so it
+    propagates, the framework answers 500 and the server logs it.
     """
+    if isinstance(exc, BaseExceptionGroup):
+        first = None
+        for leaf in exc.exceptions:
+            answer = problem_for(leaf, rate_limited_status=rate_limited_status)
+            if answer is None:
+                return None
+            first = first or answer
+        return first
     headers: list[tuple[bytes, bytes]] = []
     dependency = getattr(exc, "dependency", None)
     if isinstance(exc, CircuitOpenError | BulkheadFullError):
@@ -105,20 +120,6 @@ def problem_for(
     return status, headers, body
 
 
-def _mappable(exc: BaseException) -> BaseException:
-    """The error to answer for: a seawall error inside an exception group counts.
-
-    A handler that fans out in a task group gets its dependency's error back
-    wrapped in an ExceptionGroup; the first leaf that maps to a problem answers.
-    """
-    if isinstance(exc, BaseExceptionGroup):
-        for leaf in exc.exceptions:
-            found = _mappable(leaf)
-            if problem_for(found) is not None:
-                return found
-    return exc
-
-
 async def _send_problem(
     send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
 ) -> None:
@@ -141,6 +142,63 @@ def _parse_deadline(value: bytes) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
+#: The default floor of an inbound deadline, in seconds (``min_deadline``).
+_DEFAULT_MIN_DEADLINE = 0.1
+
+
+def _check_seconds(name: str, value: object, *, zero: bool) -> None:
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not (value >= 0 if zero else value > 0)
+    ):
+        bound = ">= 0" if zero else "> 0"
+        raise ValueError(f"ResilienceMiddleware.{name}: must be {bound} or None, got {value!r}")
+
+
+class _HeldSend:
+    """The ``send`` of one request: holds back a complete 500 until the app is done.
+
+    Starlette's ServerErrorMiddleware, outermost in every Starlette and FastAPI
+    app, answers an unhandled error with a 500 and then re-raises it. Around
+    such an app, the error reaches this middleware after that 500 was sent.
+    Holding a 500 back until the app returns or raises lets a seawall error
+    still be answered with its problem response, and the 500 go out otherwise.
+    Only a 500 whose body is complete is held: a streamed one goes out at once.
+    """
+
+    __slots__ = ("_send", "held", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.held: list[Message] = []
+        self.started = False  # a response start went out: nothing can be changed
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if self.held:
+            self.held.append(message)
+            if kind != "http.response.body" or message.get("more_body", False):
+                await self.flush()
+            return
+        if kind == "http.response.start":
+            if message.get("status") == 500:
+                self.held.append(message)
+                return
+            self.started = True
+        await self._send(message)
+
+    async def flush(self) -> None:
+        held, self.held = self.held, []
+        for message in held:
+            if message["type"] == "http.response.start":
+                self.started = True
+            await self._send(message)
+
+
 class ResilienceMiddleware:
     """Pure ASGI middleware: request deadlines, fail-fast error mapping, load shedding.
 
@@ -149,11 +207,21 @@ class ResilienceMiddleware:
       seawall call made while handling it caps its total timeout by what
       remains, and dependencies with ``Policy(forward_deadline=True)`` forward
       the remaining budget downstream in the same header.
+    * ``min_deadline``: an inbound deadline shorter than this (0.1 s by
+      default) is raised to it. The header is the caller's to set, and no
+      dependency answers in a millisecond: honoured as sent, a tiny deadline
+      only manufactures timeouts. ``None`` or ``0`` honours any deadline.
     * A seawall error escaping the app becomes an RFC 9457 problem response
       (see :func:`problem_for`), if the response has not started; otherwise it
-      is re-raised.
+      is re-raised. Around a whole Starlette or FastAPI app, whose outermost
+      layer answers 500 before re-raising, that 500 is held back until the app
+      is done, so the problem response replaces it.
     * ``max_concurrent_requests`` caps the requests in flight in the app; the
       next one gets 503 with Retry-After at once, without running the handler.
+
+    ``registry`` is optional, and read by nothing here: the errors carry
+    their dependency's name. It is accepted so that integrations and apps
+    can pass the registry they serve, and kept as the ``registry`` attribute.
     """
 
     def __init__(
@@ -163,15 +231,12 @@ class ResilienceMiddleware:
         registry: Registry | None = None,
         deadline: float | None = None,
         deadline_header: str = "Request-Timeout",
+        min_deadline: float | None = _DEFAULT_MIN_DEADLINE,
         max_concurrent_requests: int | None = None,
         rate_limited_status: int = 503,
     ) -> None:
-        if deadline is not None and (
-            isinstance(deadline, bool) or not isinstance(deadline, int | float) or not deadline > 0
-        ):
-            raise ValueError(
-                f"ResilienceMiddleware.deadline: must be > 0 or None, got {deadline!r}"
-            )
+        _check_seconds("deadline", deadline, zero=False)
+        _check_seconds("min_deadline", min_deadline, zero=True)
         if max_concurrent_requests is not None and (
             isinstance(max_concurrent_requests, bool)
             or not isinstance(max_concurrent_requests, int)
@@ -190,6 +255,7 @@ class ResilienceMiddleware:
         self.deadline = deadline
         self.deadline_header = deadline_header
         self._header_key = deadline_header.lower().encode("latin-1")
+        self.min_deadline = min_deadline
         self.max_concurrent_requests = max_concurrent_requests
         self.rate_limited_status = rate_limited_status
         self._in_flight = 0
@@ -206,6 +272,19 @@ class ResilienceMiddleware:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def _deadline_of(self, scope: Scope) -> float | None:
+        """This request's budget: ours, or the inbound one (raised to the floor) if shorter."""
+        seconds = self.deadline
+        for name, value in scope.get("headers", ()):
+            if name == self._header_key:
+                inbound = _parse_deadline(value)
+                if inbound is not None:
+                    inbound = max(inbound, self.min_deadline or 0.0)
+                    if seconds is None or inbound < seconds:
+                        seconds = inbound
+                break
+        return seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -225,34 +304,24 @@ class ResilienceMiddleware:
                 body,
             )
             return
-        seconds = self.deadline
-        for name, value in scope.get("headers", ()):
-            if name == self._header_key:
-                inbound = _parse_deadline(value)
-                if inbound is not None and (seconds is None or inbound < seconds):
-                    seconds = inbound
-                break
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        seconds = self._deadline_of(scope)
+        response = _HeldSend(send)
         self._in_flight += 1
         token = forward_header.set(self.deadline_header)
         try:
             if seconds is None:
-                await self.app(scope, receive, send_wrapper)
+                await self.app(scope, receive, response)
             else:
                 with _deadline_cm(seconds):
-                    await self.app(scope, receive, send_wrapper)
+                    await self.app(scope, receive, response)
         except Exception as exc:
-            problem = problem_for(_mappable(exc), rate_limited_status=self.rate_limited_status)
-            if problem is None or started:
+            problem = problem_for(exc, rate_limited_status=self.rate_limited_status)
+            if problem is None or response.started:
+                await response.flush()  # the app's own answer to the error, if it made one
                 raise
             await _send_problem(send, *problem)
+        else:
+            await response.flush()
         finally:
             forward_header.reset(token)
             self._in_flight -= 1
@@ -268,6 +337,18 @@ _ACTIONS = {
 }
 
 
+def _bearer_token(value: bytes) -> bytes:
+    """The token of an ``Authorization: Bearer <token>`` value, or b"".
+
+    The scheme is case-insensitive (RFC 9110, section 11.1): ``bearer`` and
+    ``BEARER`` are ``Bearer``.
+    """
+    scheme, _, token = value.strip().partition(b" ")
+    if scheme.lower() != b"bearer":
+        return b""
+    return token.strip(b" \t")
+
+
 def status_app(registry: Registry, *, admin_token: str | None = None) -> ASGIApp:
     """A small ASGI app serving the registry's snapshot; mount it anywhere.
 
@@ -276,11 +357,17 @@ def status_app(registry: Registry, *, admin_token: str | None = None) -> ASGIApp
     ``POST /{dependency}/breaker/{action}`` (``force-open``, ``force-closed``,
     ``disable``, ``reset``) changes that dependency's breakers and answers
     with its snapshot entry; a missing or wrong bearer token gets 401 (checked
-    first, in constant time), an unknown dependency or action 404.
+    first, in constant time), an unknown dependency or action 404. The scheme
+    is case-insensitive (``bearer`` works); the token is compared exactly.
     """
     if admin_token is not None and (not isinstance(admin_token, str) or not admin_token.strip()):
-        raise ValueError("status_app(admin_token): must be a non-empty string or None, got ''")
-    expected = f"Bearer {admin_token}".encode() if admin_token is not None else None
+        # Never echo the value: it is meant to be a secret.
+        got = "a blank string" if isinstance(admin_token, str) else type(admin_token).__name__
+        raise ValueError(f"status_app(admin_token): must be a non-empty string or None, got {got}")
+    if admin_token is not None and admin_token != admin_token.strip():
+        # A token read from a file with its newline: no header could ever carry it.
+        raise ValueError("status_app(admin_token): must not start or end with whitespace")
+    expected = admin_token.encode() if admin_token is not None else None
 
     async def respond(
         send: Send,
@@ -329,12 +416,12 @@ def status_app(registry: Registry, *, admin_token: str | None = None) -> ASGIApp
                 await respond(send, 404, {"error": "not found"}, head=method == "HEAD")
             return
         if method == "POST" and expected is not None:
-            auth = b""
+            token = b""
             for name, value in scope.get("headers", ()):
                 if name == b"authorization":
-                    auth = value
+                    token = _bearer_token(value)
                     break
-            if not hmac.compare_digest(auth, expected):
+            if not hmac.compare_digest(token, expected):
                 await respond(
                     send,
                     401,

@@ -65,9 +65,10 @@ def install(app: FastAPI, registry: Registry, **middleware_options: Any) -> None
     """Set *app* up with *registry*: middleware, lifespan and exception handlers.
 
     ``middleware_options`` go to :class:`seawall.asgi.ResilienceMiddleware`
-    (``deadline``, ``deadline_header``, ``max_concurrent_requests``,
-    ``rate_limited_status``). The app's own lifespan keeps running inside the
-    registry's, so the clients are open for it.
+    (``deadline``, ``deadline_header``, ``min_deadline``,
+    ``max_concurrent_requests``, ``rate_limited_status``). The app's own
+    lifespan keeps running inside the registry's, so the clients are open for
+    it.
     """
     setattr(app.state, _STATE_KEY, registry)
     app.add_middleware(ResilienceMiddleware, registry=registry, **middleware_options)

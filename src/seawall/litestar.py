@@ -74,7 +74,13 @@ def _answer_otherwise(
 class ResiliencePlugin(InitPlugin):
     """Registers seawall's middleware, the registry's lifespan and exception handlers.
 
-    ``middleware_options`` go to :class:`seawall.asgi.ResilienceMiddleware`.
+    ``middleware_options`` go to :class:`seawall.asgi.ResilienceMiddleware`
+    (``deadline``, ``deadline_header``, ``min_deadline``,
+    ``max_concurrent_requests``, ``rate_limited_status``).
+
+    Use the plugin, not ``ResilienceMiddleware(litestar_app)``: Litestar
+    answers every error inside the app, so a middleware wrapped around it
+    from outside never sees one, and only the plugin's handlers can map them.
     """
 
     __slots__ = ("middleware_options", "registry")
@@ -121,4 +127,8 @@ class ResiliencePlugin(InitPlugin):
         # timeout's TimeoutError): map them here too, unless the app has its own.
         app_config.exception_handlers.setdefault(httpx.TimeoutException, handle)
         app_config.exception_handlers.setdefault(TimeoutError, handle)
+        # A handler that fans out in a task group raises an ExceptionGroup:
+        # answered only if it holds seawall errors alone (see problem_for);
+        # any other group is a bug, answered as Litestar answers any other.
+        app_config.exception_handlers.setdefault(ExceptionGroup, handle)
         return app_config
