@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from os import PathLike
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import sniffio
+import structlog
 
 from ._clock import MONOTONIC, Clock
 from ._config import Config, DependencySpec, Policy, load_config
+from ._exceptions import ConfigError
 from ._runtime import Runtime
 
 if TYPE_CHECKING:
@@ -21,6 +26,12 @@ if TYPE_CHECKING:
     from ._guard import Guard
 
 __all__ = ["Registry", "default_registry"]
+
+_logger = structlog.get_logger("seawall")
+
+# httpx keywords that configure a connection pool: they cannot apply to a
+# transport given in code (ResilientClient refuses them too).
+_CONNECTION_OPTIONS = frozenset({"verify", "cert", "http1", "http2", "proxy", "trust_env"})
 
 
 def redact_url(url: str) -> str:
@@ -34,15 +45,69 @@ def redact_url(url: str) -> str:
     return str(parsed)
 
 
+class _RefuseAll(DefaultCookiePolicy):
+    """Sends the cookies set in code or configuration; keeps none that responses set."""
+
+    def set_ok(self, cookie: Any, request: Any) -> bool:
+        return False
+
+
+def _no_store_jar(cookies: object) -> CookieJar:
+    """A cookie jar holding *cookies* (a table, or httpx cookies) and nothing more, ever.
+
+    A registry's client serves every user of the process: a jar that kept the
+    ``Set-Cookie`` of user A's upstream session would send it on user B's
+    requests. Cookies given per request still go out with that request.
+    """
+    jar = CookieJar(policy=_RefuseAll())
+    if cookies is not None:
+        httpx.Cookies(jar).update(cookies)  # type: ignore[arg-type]
+    return jar
+
+
+def _spawn(close: Callable[[], Coroutine[Any, Any, None]], tasks: set[asyncio.Task[None]]) -> None:
+    """Run *close()* in the background of the running event loop, if there is one.
+
+    Without one (``reload()`` called from sync code or another thread) it does
+    not run: the registry's ``aclose()`` closes what is left.
+    """
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return
+    try:
+        if library == "asyncio":
+            task = asyncio.get_running_loop().create_task(close())
+            tasks.add(task)  # a strong reference until it is done
+            task.add_done_callback(tasks.discard)
+        elif library == "trio":
+            import trio
+
+            trio.lowlevel.spawn_system_task(close)
+    except RuntimeError:  # not in the loop's own thread
+        return
+
+
 class _Dependency:
-    """One registered dependency: its spec, runtime and (for HTTP ones) client."""
+    """One registered dependency: its spec, runtime and (for HTTP ones) client.
 
-    __slots__ = ("client", "runtime", "spec")
+    ``transport`` is the transport given in code to ``add()``, if any: reload
+    keeps it, where the registry would build a pool of its own.
+    """
 
-    def __init__(self, spec: DependencySpec, runtime: Runtime, client: ResilientClient | None):
+    __slots__ = ("client", "runtime", "spec", "transport")
+
+    def __init__(
+        self,
+        spec: DependencySpec,
+        runtime: Runtime,
+        client: ResilientClient | None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
         self.spec = spec
         self.runtime = runtime
         self.client = client
+        self.transport = transport
 
 
 class Registry:
@@ -65,10 +130,10 @@ class Registry:
         self.clock: Clock = clock or MONOTONIC
         self._deps: dict[str, _Dependency] = {}
         self._defaults = Policy()
-        # Clients replaced or removed by reload(), closed when the registry closes
-        # (each also closes itself as soon as its last call in flight ends).
+        # Clients replaced or removed by reload(): each closes its pool as soon
+        # as it has no call in flight, and for good when the registry closes.
         self._retired: list[ResilientClient] = []
-        self._open = False
+        self._closing: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<Registry {sorted(self._deps)}>"
@@ -114,6 +179,13 @@ class Registry:
 
         ``policy`` defaults to the configuration's defaults (``Policy()`` without
         one). httpx keywords (headers, auth, verify, ...) go to its client.
+
+        The client keeps no cookie jar: cookies given here (a table) go out on
+        every request, and no ``Set-Cookie`` of a response is ever kept, so no
+        user's upstream session reaches another user's requests. To keep
+        cookies across requests anyway (one session shared by the whole
+        process), pass a ``http.cookiejar.CookieJar`` of your own as
+        ``cookies=``. A ``transport`` given here is kept by :meth:`reload`.
         """
         if name in self._deps:
             raise ValueError(f"dependency {name!r} is already registered")
@@ -146,6 +218,8 @@ class Registry:
             options = dict(spec.httpx_options)
             if isinstance(options.get("auth"), tuple):
                 options["auth"] = httpx.BasicAuth(*options["auth"])
+            if not isinstance(options.get("cookies"), CookieJar):  # a jar given in code is kept
+                options["cookies"] = _no_store_jar(options.get("cookies"))
             client = ResilientClient(
                 spec.name,
                 base_url=spec.base_url or "",
@@ -153,7 +227,8 @@ class Registry:
                 runtime=runtime,
                 **options,
             )
-        self._deps[spec.name] = _Dependency(spec, runtime, client)
+        kept = transport if client is not None else None
+        self._deps[spec.name] = _Dependency(spec, runtime, client, kept)
 
     def _runtime(self, name: str, policy: Policy | None, clock: Clock | None) -> Runtime:
         """Get or create the runtime of *name*; a conflicting policy or clock is an error."""
@@ -251,7 +326,6 @@ class Registry:
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Registry:
-        self._open = True
         return self
 
     async def __aexit__(
@@ -270,7 +344,6 @@ class Registry:
         second lifespan, a second test client) opens connections on demand.
         Clients retired by ``reload()`` are closed for good.
         """
-        self._open = False
         for dep in self._deps.values():
             if dep.client is not None:
                 await dep.client.resilient_transport.aclose()
@@ -294,6 +367,16 @@ class Registry:
         ones are opened; removed ones are closed once their calls in flight end.
         Dependencies registered in code with ``add()`` or ``guard()`` and absent
         from the file are removed too: the file is the whole truth.
+
+        A dependency whose client must change (URL, httpx options, pool,
+        timeouts) gets a new client. A transport given in code to ``add()``
+        is kept: the new client wraps the same transport (the file's pool
+        settings cannot apply to it), and a file that sets connection options
+        for it (``verify``, ``cert``, ``http1``, ``http2``, ``proxy``,
+        ``trust_env``) is refused with a ``ConfigError`` before anything
+        changes. A retired client closes its pool as soon as it has no call in
+        flight: at once if idle (in the background of the running event loop;
+        outside one, when the registry closes), else when its last call ends.
         """
         if isinstance(config, Config):
             new = config
@@ -301,6 +384,7 @@ class Registry:
             new = Config.from_mapping(config)
         else:
             new = load_config(config)
+        self._check_kept_transports(new)
         self._defaults = new.defaults
         for name in [n for n in self._deps if n not in new.dependencies]:
             self._retire(self._deps.pop(name))
@@ -312,29 +396,74 @@ class Registry:
             # In place: guards and clients holding this runtime follow the new
             # policy; unchanged parts keep their state.
             runtime = old.runtime
-            old_spec = old.spec
             runtime.reconfigure(spec.policy, spec.endpoints)
-            if (
-                old.client is not None
-                and spec.base_url == old_spec.base_url
-                and spec.endpoints == old_spec.endpoints
-                and dict(spec.httpx_options) == dict(old_spec.httpx_options)
-                and spec.policy.pool == old_spec.policy.pool
-                and spec.policy.timeouts == old_spec.policy.timeouts
-            ):
+            if old.client is not None and self._same_client(old, spec):
                 old.client.resilient_transport._swap_runtime(runtime)
                 old.spec = spec
                 continue
-            # The client itself must change (URL, options, pool, timeouts): a new
-            # one on the same runtime; the old one closes once its calls end.
+            # The client itself must change: a new one on the same runtime.
             self._deps.pop(name)
-            self._retire(old)
-            self._add_spec(spec, runtime=runtime)
+            kept = old.transport
+            if kept is not None and (spec.base_url or spec.endpoints):
+                # Around the same transport: the old client must not close it,
+                # and handles to it still work until the registry closes.
+                self._add_spec(spec, transport=kept, runtime=runtime)
+            else:
+                self._retire(old)  # closes once its calls end
+                self._add_spec(spec, runtime=runtime)
+
+    @staticmethod
+    def _same_client(old: _Dependency, spec: DependencySpec) -> bool:
+        """Whether *old*'s client can serve *spec* as it is (under the new runtime)."""
+        before = old.spec
+        return (
+            spec.base_url == before.base_url
+            and spec.endpoints == before.endpoints
+            and dict(spec.httpx_options) == dict(before.httpx_options)
+            and spec.policy.timeouts == before.policy.timeouts
+            # A transport given in code has no pool of ours to resize.
+            and (old.transport is not None or spec.policy.pool == before.policy.pool)
+        )
+
+    def _check_kept_transports(self, new: Config) -> None:
+        problems = []
+        for name, spec in new.dependencies.items():
+            old = self._deps.get(name)
+            if old is None or old.transport is None or not (spec.base_url or spec.endpoints):
+                continue
+            clashing = sorted(k for k in spec.httpx_options if k in _CONNECTION_OPTIONS)
+            if clashing:
+                problems.append(
+                    f"dependencies.{name}: {', '.join(clashing)} cannot apply to the transport "
+                    "given in code to Registry.add(); remove them from the file, or the "
+                    "transport from the code"
+                )
+        if problems:
+            raise ConfigError(problems)
 
     def _retire(self, dep: _Dependency) -> None:
-        if dep.client is not None:
-            self._retired.append(dep.client)
-            dep.client.resilient_transport._close_when_idle()
+        client = dep.client
+        if client is None:
+            return
+        self._retired.append(client)
+        transport = client.resilient_transport
+        transport._close_when_idle()  # the last call in flight closes the pool
+        if transport.pool_statistics()["in_flight"]:
+            return
+
+        async def close() -> None:
+            if transport.pool_statistics()["in_flight"]:
+                return  # a call through an old handle started since: it closes the pool
+            try:
+                await transport.aclose()
+            except Exception as exc:  # a background task has no one to raise to
+                _logger.warning(
+                    "seawall.retired_pool_close_failed",
+                    dependency=client.dependency,
+                    error=type(exc).__name__,
+                )
+
+        _spawn(close, self._closing)
 
 
 _default: Registry | None = None
