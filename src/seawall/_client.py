@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from types import ModuleType
+from typing import Any, cast
 
 import httpx
 
 from ._breaker import Breaker
 from ._bulkhead import BulkheadHandle
 from ._clock import MONOTONIC, Clock
+from ._compat import environment_proxies
 from ._config import Policy
+from ._http import Flavor
 from ._runtime import Runtime
-from ._transport import ResilientTransport
+from ._transport import HTTPX, ResilientTransport, TransportCore
 
 __all__ = ["ResilientClient"]
 
@@ -21,20 +24,19 @@ __all__ = ["ResilientClient"]
 _TRANSPORT_KWARGS = ("verify", "cert", "http1", "http2", "proxy", "trust_env")
 
 
-def _pooled_transport(policy: Policy, kwargs: dict[str, Any]) -> httpx.AsyncBaseTransport:
+def _pooled_transport(flavor: Flavor, policy: Policy, kwargs: dict[str, Any]) -> Any:
     """The dependency's own pool; environment proxies routed as httpx would route them."""
+    x = flavor.x
     pool = policy.pool
-    limits = httpx.Limits(
+    limits = x.Limits(
         max_connections=pool.max_connections,
         max_keepalive_connections=pool.max_keepalive,
         keepalive_expiry=pool.keepalive_expiry,
     )
-    direct = httpx.AsyncHTTPTransport(limits=limits, **kwargs)
+    direct = x.AsyncHTTPTransport(limits=limits, **kwargs)
     if kwargs.get("proxy") is not None or not kwargs.get("trust_env", True):
         return direct
-    from httpx._utils import URLPattern, get_environment_proxies
-
-    proxies = get_environment_proxies()
+    proxies = environment_proxies(x)
     if not proxies:
         return direct
     # httpx mounts proxy transports beside the client's transport; here they go
@@ -42,27 +44,24 @@ def _pooled_transport(policy: Policy, kwargs: dict[str, Any]) -> httpx.AsyncBase
     options = {k: v for k, v in kwargs.items() if k != "trust_env"}
     mounts = sorted(
         (
-            URLPattern(pattern),
-            None if url is None else httpx.AsyncHTTPTransport(limits=limits, proxy=url, **options),
+            pattern,
+            None if url is None else x.AsyncHTTPTransport(limits=limits, proxy=url, **options),
         )
-        for pattern, url in proxies.items()
+        for pattern, url in proxies
     )
-    return _ProxyRouter(direct, [(p, t) for p, t in mounts])
+    router = _router_class(x)
+    return router(direct, mounts)
 
 
-class _ProxyRouter(httpx.AsyncBaseTransport):
+class _ProxyRouting:
     """Sends each request direct or through the proxy its URL matches (HTTP_PROXY, NO_PROXY, ...)."""
 
-    def __init__(
-        self,
-        direct: httpx.AsyncHTTPTransport,
-        mounts: list[tuple[Any, httpx.AsyncHTTPTransport | None]],
-    ) -> None:
+    def __init__(self, direct: Any, mounts: list[tuple[Any, Any]]) -> None:
         self.direct = direct
         self.mounts = mounts
         self._pool = direct._pool  # pool statistics read the direct pool
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: Any) -> Any:
         for pattern, transport in self.mounts:
             if pattern.matches(request.url):
                 return await (transport or self.direct).handle_async_request(request)
@@ -75,31 +74,32 @@ class _ProxyRouter(httpx.AsyncBaseTransport):
                 await transport.aclose()
 
 
-class ResilientClient(httpx.AsyncClient):
-    """An ``httpx.AsyncClient`` for one named dependency, protected by a policy.
+_routers: dict[str, type] = {}
 
-    The whole httpx API keeps working (``get``, ``post``, ``stream``, auth,
-    event hooks); every request goes through a :class:`ResilientTransport`.
-    httpx's connect/read/write/pool timeouts and pool limits come from the
-    policy. ``post``, ``put``, ``patch``, ``delete``, ``request`` and ``stream``
-    take ``idempotency_key=``, which sets the ``Idempotency-Key`` header and
-    makes the request safe to retry after it was sent.
 
-    ``endpoints`` (in place of ``base_url``) lists redundant providers; each
-    has its own breaker and retries fail over between them.
+def _router_class(x: ModuleType) -> type:
+    router = _routers.get(x.__name__)
+    if router is None:
+        router = _routers[x.__name__] = type(
+            "ProxyRouter", (_ProxyRouting, x.AsyncBaseTransport), {}
+        )
+    return router
 
-    Environment proxies are applied to the inner transport, never mounted
-    beside it, so no request can bypass the policy.
-    """
+
+class ClientCore:
+    """ResilientClient's whole body, for any flavor of httpx (see ``seawall.httpx2``)."""
+
+    _flavor: Flavor = HTTPX
+    _transport_class: Any = ResilientTransport
 
     def __init__(
         self,
         dependency: str,
         *,
         policy: Policy | None = None,
-        base_url: httpx.URL | str = "",
+        base_url: Any = "",
         endpoints: Sequence[str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: Any = None,
         clock: Clock | None = None,
         runtime: Runtime | None = None,
         **httpx_kwargs: Any,
@@ -125,18 +125,20 @@ class ResilientClient(httpx.AsyncClient):
                 "ResilientClient: set timeouts with Policy(timeouts=seawall.Timeouts(...))"
             )
         if transport is None:
-            transport = _pooled_transport(policy, transport_kwargs)
+            transport = _pooled_transport(self._flavor, policy, transport_kwargs)
         elif transport_kwargs:
             names = ", ".join(sorted(transport_kwargs))
             raise ValueError(f"ResilientClient: {names} cannot apply to a transport you passed in")
-        self._seawall = ResilientTransport(
+        self._seawall: TransportCore = self._transport_class(
             dependency, transport=transport, runtime=runtime, endpoints=runtime.endpoints
         )
         t = policy.timeouts
-        super().__init__(
+        super().__init__(  # type: ignore[call-arg]
             base_url=base_url or (runtime.endpoints[0] if runtime.endpoints else ""),
             transport=self._seawall,
-            timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool),
+            timeout=self._flavor.x.Timeout(
+                connect=t.connect, read=t.read, write=t.write, pool=t.pool
+            ),
             trust_env=False,
             **httpx_kwargs,
         )
@@ -145,7 +147,7 @@ class ResilientClient(httpx.AsyncClient):
         # httpx's own masking: the password of the URL shows as [secure].
         from .telemetry._redact import mask_url
 
-        return f"<ResilientClient {self.dependency!r} base_url={mask_url(str(self.base_url))!r}>"
+        return f"<ResilientClient {self.dependency!r} base_url={mask_url(str(cast(Any, self).base_url))!r}>"
 
     # -- handles -----------------------------------------------------------------
 
@@ -158,7 +160,7 @@ class ResilientClient(httpx.AsyncClient):
         return self._seawall.policy
 
     @property
-    def resilient_transport(self) -> ResilientTransport:
+    def resilient_transport(self) -> Any:
         return self._seawall
 
     @property
@@ -203,50 +205,58 @@ class ResilientClient(httpx.AsyncClient):
             }
         return kwargs
 
-    async def send(
-        self, request: httpx.Request, *, stream: bool = False, **kwargs: Any
-    ) -> httpx.Response:
+    async def send(self, request: Any, *, stream: bool = False, **kwargs: Any) -> Any:
         # The transport buffers bodies inside the attempt (so the attempt
         # timeout covers them) except for streamed responses.
         request.extensions["seawall.stream"] = stream
-        return await super().send(request, stream=stream, **kwargs)
+        return await cast(Any, super()).send(request, stream=stream, **kwargs)
 
     async def request(
         self,
         method: str,
-        url: httpx.URL | str,
-        *,
-        idempotency_key: str | None = None,
-        **kwargs: Any,
-    ) -> httpx.Response:
-        return await super().request(method, url, **self._keyed(kwargs, idempotency_key))
-
-    def stream(
-        self,
-        method: str,
-        url: httpx.URL | str,
+        url: Any,
         *,
         idempotency_key: str | None = None,
         **kwargs: Any,
     ) -> Any:
-        return super().stream(method, url, **self._keyed(kwargs, idempotency_key))
+        return await cast(Any, super()).request(method, url, **self._keyed(kwargs, idempotency_key))
 
-    async def post(
-        self, url: httpx.URL | str, *, idempotency_key: str | None = None, **kwargs: Any
-    ) -> httpx.Response:
-        return await super().post(url, **self._keyed(kwargs, idempotency_key))
+    def stream(
+        self,
+        method: str,
+        url: Any,
+        *,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return cast(Any, super()).stream(method, url, **self._keyed(kwargs, idempotency_key))
 
-    async def put(
-        self, url: httpx.URL | str, *, idempotency_key: str | None = None, **kwargs: Any
-    ) -> httpx.Response:
-        return await super().put(url, **self._keyed(kwargs, idempotency_key))
+    async def post(self, url: Any, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
+        return await cast(Any, super()).post(url, **self._keyed(kwargs, idempotency_key))
 
-    async def patch(
-        self, url: httpx.URL | str, *, idempotency_key: str | None = None, **kwargs: Any
-    ) -> httpx.Response:
-        return await super().patch(url, **self._keyed(kwargs, idempotency_key))
+    async def put(self, url: Any, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
+        return await cast(Any, super()).put(url, **self._keyed(kwargs, idempotency_key))
 
-    async def delete(
-        self, url: httpx.URL | str, *, idempotency_key: str | None = None, **kwargs: Any
-    ) -> httpx.Response:
-        return await super().delete(url, **self._keyed(kwargs, idempotency_key))
+    async def patch(self, url: Any, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
+        return await cast(Any, super()).patch(url, **self._keyed(kwargs, idempotency_key))
+
+    async def delete(self, url: Any, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
+        return await cast(Any, super()).delete(url, **self._keyed(kwargs, idempotency_key))
+
+
+class ResilientClient(ClientCore, httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` for one named dependency, protected by a policy.
+
+    The whole httpx API keeps working (``get``, ``post``, ``stream``, auth,
+    event hooks); every request goes through a :class:`ResilientTransport`.
+    httpx's connect/read/write/pool timeouts and pool limits come from the
+    policy. ``post``, ``put``, ``patch``, ``delete``, ``request`` and ``stream``
+    take ``idempotency_key=``, which sets the ``Idempotency-Key`` header and
+    makes the request safe to retry after it was sent.
+
+    ``endpoints`` (in place of ``base_url``) lists redundant providers; each
+    has its own breaker and retries fail over between them.
+
+    Environment proxies are applied to the inner transport, never mounted
+    beside it, so no request can bypass the policy.
+    """

@@ -15,13 +15,13 @@ from ._http import IDEMPOTENT_METHODS
 from ._report import Outcome, attach
 
 if TYPE_CHECKING:
-    from ._transport import HttpCall, ResilientTransport
+    from ._transport import HttpCall, TransportCore
 
 __all__ = ["fail_call", "finish_response"]
 
 
 async def finish_response(
-    fe: ResilientTransport, call: HttpCall, response: Any, stopped: str | None
+    fe: TransportCore, call: HttpCall, response: Any, stopped: str | None
 ) -> Any:
     """End the call with *response*: store it, or let the fallback answer a failed one."""
     rt = fe.rt
@@ -52,7 +52,7 @@ async def finish_response(
 
 
 async def fail_call(
-    fe: ResilientTransport, call: HttpCall, error: Exception, stopped: str | None, last: Any
+    fe: TransportCore, call: HttpCall, error: Exception, stopped: str | None, last: Any
 ) -> Any:
     """End the call on *error*: answer with a fallback, or raise it with its report."""
     if last is not None:
@@ -92,7 +92,7 @@ async def fail_call(
     raise error
 
 
-def fallback_response(fe: ResilientTransport, call: HttpCall, error: Any, response: Any) -> Any:
+def fallback_response(fe: TransportCore, call: HttpCall, error: Any, response: Any) -> Any:
     rt = fe.rt
     fallback = rt.policy.fallback
     if fallback is None:
@@ -102,6 +102,7 @@ def fallback_response(fe: ResilientTransport, call: HttpCall, error: Any, respon
     if rt.cache is not None and request.method == "GET":
         answer = rt.cache.lookup(request, fallback.stale_if_error)  # type: ignore[arg-type]
         if answer is not None:
+            answer = fe._flavor.adopt(answer, request)
             call.fallback = "cache"
     if (
         answer is None

@@ -104,6 +104,20 @@ class Flavor:
             request=request,
         )
 
+    def adopt(self, response: Any, request: Any) -> Any:
+        """*response* as this library's Response (the fallback cache builds httpx ones)."""
+        x = self.x
+        if isinstance(response, x.Response):
+            return response
+        body = b"".join(response.stream)  # an unread in-memory ByteStream
+        return x.Response(
+            response.status_code,
+            headers=response.headers.raw,
+            stream=x.ByteStream(body),
+            extensions=dict(response.extensions),
+            request=request,
+        )
+
     async def buffered(self, response: Any) -> Any:
         """The response with its body read now (inside the attempt, under its timeout)."""
         try:

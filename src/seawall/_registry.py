@@ -398,7 +398,7 @@ class Registry:
             runtime = old.runtime
             runtime.reconfigure(spec.policy, spec.endpoints)
             if old.client is not None and self._same_client(old, spec):
-                old.client.resilient_transport._swap_runtime(runtime)
+                old.client.resilient_transport.adopt_runtime(runtime)
                 old.spec = spec
                 continue
             # The client itself must change: a new one on the same runtime.
@@ -447,7 +447,7 @@ class Registry:
             return
         self._retired.append(client)
         transport = client.resilient_transport
-        transport._close_when_idle()  # the last call in flight closes the pool
+        transport.retire()  # the last call in flight closes the pool
         if transport.pool_statistics()["in_flight"]:
             return
 

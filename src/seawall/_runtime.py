@@ -17,7 +17,7 @@ from ._retry import BudgetTracker
 from .telemetry._otel import track
 
 if TYPE_CHECKING:
-    from ._transport import ResilientTransport
+    from ._transport import TransportCore
 
 __all__ = ["Runtime", "matcher"]
 
@@ -99,7 +99,7 @@ class Runtime:
             else None
         )
         #: The transports serving this dependency (for pool gauges).
-        self.transports: weakref.WeakSet[ResilientTransport] = weakref.WeakSet()
+        self.transports: weakref.WeakSet[TransportCore] = weakref.WeakSet()
         self._rejection_reports: dict[tuple[str, str | None], CallReport] = {}
         track(self)
 

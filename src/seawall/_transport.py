@@ -95,25 +95,11 @@ class HttpCall(Call):
     unknown: bool
 
 
-class ResilientTransport(httpx.AsyncBaseTransport):
-    """An httpx transport that applies a seawall :class:`~seawall.Policy` to every request.
+class TransportCore:
+    """The HTTP front end, for any flavor of httpx: ResilientTransport's whole body.
 
-    It wraps an inner transport (by default an ``httpx.AsyncHTTPTransport``
-    built from the policy's pool settings), so any httpx-based SDK that
-    accepts an ``httpx.AsyncClient`` gets seawall's protection::
-
-        transport = seawall.ResilientTransport("payments", policy)
-        sdk = PaymentsSDK(http_client=httpx.AsyncClient(transport=transport))
-
-    With ``endpoints`` (base URLs of redundant providers), a request whose URL
-    lies under one of them (same origin, path under its path) is sent to the
-    first endpoint whose breaker admits it, and each retry to the next one.
-
-    Responses are handed over as soon as their headers arrive, unless the
-    request came from :class:`~seawall.ResilientClient` without ``stream=True``
-    (then the body is read inside the attempt, so the attempt timeout covers
-    it and a broken body is retried where that is safe). A streamed response
-    holds its bulkhead slot until it is closed.
+    ``seawall.ResilientTransport`` (httpx) and ``seawall.httpx2.ResilientTransport``
+    mix it into their library's ``AsyncBaseTransport``.
     """
 
     _flavor: Flavor = HTTPX
@@ -123,7 +109,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         dependency: str,
         policy: Policy | None = None,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: Any = None,
         endpoints: Sequence[str] | None = None,
         clock: Clock | None = None,
         runtime: Runtime | None = None,
@@ -142,12 +128,12 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     keepalive_expiry=pool.keepalive_expiry,
                 )
             )
-        self._inner = transport
+        self._inner: Any = transport
         # httpcore-backed: its trace events say when a request starts going out.
         self._traced = isinstance(transport, x.AsyncHTTPTransport)
         self._in_flight = 0
         self._closing = False
-        self._swap_runtime(runtime)
+        self.adopt_runtime(runtime)
 
     # -- handles ---------------------------------------------------------------
 
@@ -187,7 +173,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             stats["idle"] = sum(1 for c in connections if c.is_idle())
         return stats
 
-    def _swap_runtime(self, runtime: Runtime) -> None:
+    def adopt_runtime(self, runtime: Runtime) -> None:
         """Serve later calls under a new runtime (Registry.reload); calls in flight keep theirs."""
         self._rt = runtime
         runtime.transports.add(self)
@@ -205,17 +191,18 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         }
         self._key_headers: tuple[str, ...] = (IDEMPOTENCY_HEADER,)
 
-    def _close_when_idle(self) -> None:
+    def retire(self) -> None:
+        """Close the pool once the last call in flight ends (Registry.reload retired it)."""
         self._closing = True
 
     # -- a call ------------------------------------------------------------------
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: Any) -> Any:
         self._in_flight += 1
         call = self._new_call(request)
         tel = call.tel
         try:
-            response: httpx.Response = await run_call(self, call)
+            response: Any = await run_call(self, call)
         except BaseException as exc:
             if call.in_flight_unsafe:
                 # Cut from outside after a request left that may not be resent:
@@ -245,7 +232,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 with anyio.CancelScope(shield=True):
                     await self._inner.aclose()
 
-    def _new_call(self, request: httpx.Request) -> HttpCall:
+    def _new_call(self, request: Any) -> HttpCall:
         rt = self._rt
         call = HttpCall(rt.clock.now(), start_call(rt.name, request.method, self._inner))
         extensions = request.extensions
@@ -285,7 +272,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
     def routes(self, call: HttpCall) -> Sequence[Route]:
         return call.routes
 
-    async def send(self, call: HttpCall, route: Route, limit: float | None) -> httpx.Response:
+    async def send(self, call: HttpCall, route: Route, limit: float | None) -> Any:
         request = call.request
         target = call.target = (
             self._retarget(request, route) if isinstance(route, Endpoint) else request
@@ -307,7 +294,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         if tel is not None:
             call.span = tel.attempt_started(target, call.attempts - 1)
             call.t0 = self._rt.clock.now()
-        response: httpx.Response = await self._inner.handle_async_request(target)
+        response: Any = await self._inner.handle_async_request(target)
         if not call.streaming:
             response = await self._flavor.buffered(response)
         call.in_flight_unsafe = False
@@ -334,9 +321,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         )
         return error
 
-    def judge_result(
-        self, call: HttpCall, response: httpx.Response, route: Route
-    ) -> tuple[Decision, bool]:
+    def judge_result(self, call: HttpCall, response: Any, route: Route) -> tuple[Decision, bool]:
         self._settle_attempt(call)
         status = call.status_code = response.status_code
         if call.tel is not None:
@@ -397,33 +382,29 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             return stop(Stop.UNREPLAYABLE_BODY)
         return retry(reason)
 
-    def keep_slot(self, response: httpx.Response, held: Any) -> bool:
+    def keep_slot(self, response: Any, held: Any) -> bool:
         if "seawall.body" in response.extensions:
             return False  # read already: the slot is free to go
         bulkhead, slot = held
         self._flavor.held(response, lambda: bulkhead.release(slot))
         return True
 
-    async def retain(self, response: httpx.Response) -> httpx.Response | None:
+    async def retain(self, response: Any) -> Any:
         if "seawall.body" in response.extensions:
             return response  # buffered: the answer if nothing better comes
         # Its connection must go back now; a streamed body cannot be kept.
         await response.aclose()
         return None
 
-    def discard(self, response: httpx.Response) -> None:
+    def discard(self, response: Any) -> None:
         return None
 
-    async def answer(
-        self, call: HttpCall, response: httpx.Response, stopped: str | None
-    ) -> httpx.Response:
-        answer: httpx.Response = await finish_response(self, call, response, stopped)
+    async def answer(self, call: HttpCall, response: Any, stopped: str | None) -> Any:
+        answer: Any = await finish_response(self, call, response, stopped)
         return answer
 
-    async def fail(
-        self, call: HttpCall, error: Exception, stopped: str | None, last: Any
-    ) -> httpx.Response:
-        answer: httpx.Response = await fail_call(self, call, error, stopped, last)
+    async def fail(self, call: HttpCall, error: Exception, stopped: str | None, last: Any) -> Any:
+        answer: Any = await fail_call(self, call, error, stopped, last)
         return answer
 
     def report(self, call: HttpCall) -> CallReport:
@@ -520,3 +501,26 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             stream=None if replayable(request) else request.stream,
             extensions=dict(request.extensions),
         )
+
+
+class ResilientTransport(TransportCore, httpx.AsyncBaseTransport):
+    """An httpx transport that applies a seawall :class:`~seawall.Policy` to every request.
+
+    It wraps an inner transport (by default an ``httpx.AsyncHTTPTransport``
+    built from the policy's pool settings), so any httpx-based SDK that
+    accepts an ``httpx.AsyncClient`` gets seawall's protection::
+
+        transport = seawall.ResilientTransport("payments", policy)
+        sdk = PaymentsSDK(http_client=httpx.AsyncClient(transport=transport))
+
+    With ``endpoints`` (base URLs of redundant providers), a request whose URL
+    lies under one of them (same origin, path under its path) is sent to the
+    first endpoint whose breaker admits it, and each retry to the next one.
+
+    Responses are handed over as soon as their headers arrive, unless the
+    request came from :class:`~seawall.ResilientClient` without ``stream=True``
+    (then the body is read inside the attempt, so the attempt timeout covers
+    it and a broken body is retried where that is safe). A streamed response
+    holds its bulkhead slot until it is closed. For httpx2, see
+    ``seawall.httpx2.ResilientTransport``.
+    """
