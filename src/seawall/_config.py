@@ -668,9 +668,21 @@ class Policy:
     fallback: Fallback | None = None
     pool: Pool = field(default_factory=Pool)
     forward_deadline: bool = False
+    #: The request headers whose (non-blank) value is an idempotency key: a
+    #: POST or PATCH carrying one may be retried after it was sent. The first
+    #: is the one ``idempotency_key=`` sets.
+    idempotency_headers: tuple[str, ...] = ("Idempotency-Key",)
 
     def __post_init__(self) -> None:
         problems: list[_Problem] = []
+        headers = self.idempotency_headers
+        if isinstance(headers, list):
+            headers = tuple(headers)
+            object.__setattr__(self, "idempotency_headers", headers)
+        if not _header_names(headers):
+            problems.append(
+                ("idempotency_headers", "must be a non-empty list of header names", headers)
+            )
         for name, cls, optional in _POLICY_PARTS:
             value = getattr(self, name)
             if value is None and optional:
@@ -826,6 +838,18 @@ def _is_str_table(value: object) -> bool:
     )
 
 
+def _header_names(value: object) -> bool:
+    """A non-empty tuple of valid HTTP header names (RFC 9110 tokens)."""
+    return (
+        isinstance(value, tuple)
+        and bool(value)
+        and all(isinstance(v, str) and _TOKEN.fullmatch(v) is not None for v in value)
+    )
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 def _policy_from_mapping(data: object, path: str, problems: list[str]) -> Policy | None:
     prefix = f"{path}." if path else ""
     if not isinstance(data, Mapping):
@@ -839,6 +863,17 @@ def _policy_from_mapping(data: object, path: str, problems: list[str]) -> Policy
             if not isinstance(value, bool):
                 problems.append(_line(f"{prefix}forward_deadline", "must be a boolean", value))
             kwargs[key] = value
+        elif key == "idempotency_headers":
+            names = tuple(value) if isinstance(value, list) else value
+            if not _header_names(names):
+                problems.append(
+                    _line(
+                        f"{prefix}idempotency_headers",
+                        "must be a non-empty list of header names",
+                        value,
+                    )
+                )
+            kwargs[key] = names
         elif key in parts:
             cls, optional = parts[key]
             kwargs[key] = _build(cls, value, f"{prefix}{key}", problems, optional=optional)
@@ -885,7 +920,10 @@ _HTTPX_OPTIONS: dict[str, tuple[Callable[[object], bool], str]] = {
     "trust_env": (_is_bool, "a boolean"),
     "auth": (lambda v: _is_str_list(v, range(2, 3)), "a list [username, password]"),
 }
-_POLICY_KEYS = frozenset(name for name, _, _ in _POLICY_PARTS) | {"forward_deadline"}
+_POLICY_KEYS = frozenset(name for name, _, _ in _POLICY_PARTS) | {
+    "forward_deadline",
+    "idempotency_headers",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -42,7 +42,7 @@ from ._http import IDEMPOTENT_METHODS, Endpoint, Flavor, SendProgress, idempoten
 from ._report import CallReport, Outcome, report_of
 from ._retry import parse_retry_after
 from ._runtime import Runtime
-from .telemetry._otel import log_call, start_call
+from .telemetry._otel import RETRY_MARKERS, log_call, note_double_retry, start_call
 
 __all__ = ["IDEMPOTENT_METHODS", "AttemptTimeout", "ResilientTransport"]
 
@@ -189,7 +189,7 @@ class TransportCore:
             "write": t.write,
             "pool": t.pool,
         }
-        self._key_headers: tuple[str, ...] = (IDEMPOTENCY_HEADER,)
+        self._key_headers: tuple[str, ...] = runtime.policy.idempotency_headers
 
     def retire(self) -> None:
         """Close the pool once the last call in flight ends (Registry.reload retired it)."""
@@ -237,9 +237,14 @@ class TransportCore:
         call = HttpCall(rt.clock.now(), start_call(rt.name, request.method, self._inner))
         extensions = request.extensions
         key = extensions.get("idempotency_key")
-        if key is not None and str(key).strip() and IDEMPOTENCY_HEADER not in request.headers:
-            request.headers[IDEMPOTENCY_HEADER] = str(key)
+        if key is not None and str(key).strip() and self._key_headers[0] not in request.headers:
+            request.headers[self._key_headers[0]] = str(key)
         call.request = call.target = request
+        headers = request.headers
+        for marker in RETRY_MARKERS:
+            resent = headers.get(marker)
+            if resent is not None and resent != "0":
+                note_double_retry(rt.name, marker, resent)
         call.safe_after_send = request.method in IDEMPOTENT_METHODS or (
             idempotency_key_of(request.headers, self._key_headers) is not None
         )

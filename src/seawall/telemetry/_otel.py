@@ -174,6 +174,11 @@ class _Engine:
         self.retries = meter.create_counter(
             "seawall.retries", unit="{retry}", description="Retries by reason."
         )
+        self.double_retries = meter.create_counter(
+            "seawall.double_retries",
+            unit="{request}",
+            description="Requests an SDK resent through seawall (two retry layers), by marker.",
+        )
         self.rejections = meter.create_counter(
             "seawall.rejections",
             unit="{call}",
@@ -578,3 +583,38 @@ def start_call(dependency: str, method: str | None, inner: object) -> CallTeleme
     if tracer is None and not _engine.meter_ready():
         return None
     return CallTelemetry(tracer, dependency, method, inner)
+
+
+# -- two retry layers -----------------------------------------------------------------------
+
+#: Request headers by which an SDK marks its own resends (Stainless-built SDKs:
+#: openai, anthropic). stripe and githubkit send no such marker.
+RETRY_MARKERS = ("x-stainless-retry-count",)
+
+_double_retry_warned: set[str] = set()
+
+
+def note_double_retry(dependency: str, header: str, value: str) -> None:
+    """An SDK resent a request through seawall: two retry layers multiply attempts.
+
+    Logged once per dependency (warning, ``seawall.double_retry``) with the fix,
+    counted every time (``seawall.double_retries``).
+    """
+    if not _settings.enabled:
+        return
+    if _engine.meter_ready():
+        _engine.double_retries.add(1, _engine.attrs("reason", dependency, header))
+    if dependency in _double_retry_warned:
+        return
+    _double_retry_warned.add(dependency)
+    _logger.warning(
+        "seawall.double_retry",
+        dependency=dependency,
+        header=header,
+        value=value,
+        fix=(
+            "turn the SDK's own retries off (openai/anthropic max_retries=0, stripe "
+            "max_network_retries=0, githubkit auto_retry=False): seawall is the one retry layer"
+        ),
+    )
+
