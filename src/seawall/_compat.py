@@ -7,11 +7,13 @@ an upgrade is noticed by the suite and not by users.
 
 from __future__ import annotations
 
+import time
 from types import ModuleType
 from typing import Any
 
 __all__ = [
     "environment_proxies",
+    "expire_connection",
     "meter_provider_set",
     "pool_connections",
     "replayable",
@@ -38,6 +40,28 @@ def pool_connections(transport: object) -> list[Any] | None:
     pool = getattr(transport, "_pool", None)
     connections = getattr(pool, "connections", None)
     return connections if isinstance(connections, list) else None
+
+
+def expire_connection(transport: object, network_stream: object, seconds: float) -> bool:
+    """Make the pooled connection behind *network_stream* expire within *seconds*.
+
+    httpcore's HTTP/1.1 connection keeps its expiry in ``_expire_at``
+    (``time.monotonic()`` based), set from ``keepalive_expiry`` when a
+    response closes; a server's shorter ``Keep-Alive: timeout`` lowers it.
+    Returns whether the connection was found.
+    """
+    for connection in pool_connections(transport) or ():
+        inner = getattr(connection, "_connection", None)
+        if inner is None or getattr(inner, "_network_stream", None) is not network_stream:
+            continue
+        if not hasattr(inner, "_expire_at"):
+            return False  # an HTTP/2 connection: its own keep-alive rules
+        when = time.monotonic() + seconds
+        current = inner._expire_at
+        if current is None or current > when:
+            inner._expire_at = when
+        return True
+    return False
 
 
 def replayable(request: object) -> bool:

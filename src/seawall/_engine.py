@@ -52,6 +52,7 @@ __all__ = [
     "Stop",
     "deadline_of",
     "mark_unsafe",
+    "resend",
     "queue_for_slot",
     "retry",
     "run_call",
@@ -103,6 +104,10 @@ class Decision:
     act: Act
     reason: str | None = None
     delay: float | None = None
+    #: A resend that needs no Retry policy and spends no attempt: once per
+    #: call, for a failure that says nothing of the dependency (a stale
+    #: pooled connection).
+    free: bool = False
 
 
 ANSWER = Decision(Act.ANSWER)
@@ -115,6 +120,11 @@ def stop(reason: Stop) -> Decision:
 
 def retry(reason: str, delay: float | None = None) -> Decision:
     return Decision(Act.RETRY, reason, delay)
+
+
+def resend(reason: str) -> Decision:
+    """At once, once per call, whatever the Retry policy (see ``Decision.free``)."""
+    return Decision(Act.RETRY, reason, 0.0, free=True)
 
 
 class Frame:
@@ -164,6 +174,7 @@ class Call:
         "endpoint",
         "fallback",
         "frame",
+        "free_resends",
         "next_route",
         "outcome",
         "retries",
@@ -188,6 +199,7 @@ class Call:
         self.deadline_at: float | None = None
         self.deadline_remaining: float | None = None
         self.next_route = 0
+        self.free_resends = 0
         self.frame: Frame | None = None
         #: The ambient (inbound) deadline, not Timeouts.total, bounds the call.
         self.ambient_bound = False
@@ -305,7 +317,10 @@ def _next_wait(
     call: Call, rt: Runtime, retry_cfg: Any, decision: Decision, deadline_at: float | None
 ) -> float | Stop:
     """The wait before the next attempt, or why there is none."""
-    if retry_cfg is None or call.attempts >= retry_cfg.attempts:
+    if decision.free and not call.free_resends:
+        call.free_resends = 1
+        return 0.0
+    if retry_cfg is None or call.attempts - call.free_resends >= retry_cfg.attempts:
         return Stop.ATTEMPTS
     delay = decision.delay
     if delay is None:

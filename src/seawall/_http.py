@@ -60,6 +60,13 @@ class Flavor:
             x.LocalProtocolError,
             x.InvalidURL,
         )
+        # A pooled connection the server had already closed fails like this
+        # when it is reused: EOF or a reset before any byte of the answer.
+        self.stale_errors: tuple[type[Exception], ...] = (
+            x.RemoteProtocolError,
+            x.ReadError,
+            x.WriteError,
+        )
         # Checked in order: the first match decides (outcome, retry reason, sent).
         self._table: tuple[tuple[type[Exception], str, str, bool], ...] = (
             (attempt_timeout, Outcome.TIMEOUT, RetryReason.ATTEMPT_TIMEOUT, True),
@@ -178,17 +185,32 @@ class SendProgress:
     caller's own ``trace`` hook, if any, still sees every event.
     """
 
-    __slots__ = ("_theirs", "sent")
+    __slots__ = ("_theirs", "answered", "fresh", "sent")
 
     def __init__(self, theirs: Any) -> None:
         self._theirs = theirs
         self.sent = False
+        #: The attempt opened a new connection (else it reused a pooled one).
+        self.fresh = False
+        #: The response's headers arrived.
+        self.answered = False
 
     async def __call__(self, name: str, info: dict[str, Any]) -> None:
         if name.endswith(".send_request_headers.started"):
             self.sent = True
+        elif name.endswith(".receive_response_headers.complete"):
+            self.answered = True
+        elif (
+            name == "connection.connect_tcp.started"
+            or name == "connection.connect_unix_socket.started"
+        ):
+            self.fresh = True
         if self._theirs is not None:
             await self._theirs(name, info)
+
+    def stale(self) -> bool:
+        """The attempt reused a pooled connection that broke before any byte of an answer."""
+        return self.sent and not self.fresh and not self.answered
 
 
 class Endpoint(Route):

@@ -21,7 +21,7 @@ import anyio
 import httpx
 
 from ._clock import MONOTONIC, Clock
-from ._compat import pool_connections, replayable
+from ._compat import expire_connection, pool_connections, replayable
 from ._config import Policy
 from ._deadline import forward_header
 from ._engine import (
@@ -32,6 +32,7 @@ from ._engine import (
     Route,
     Stop,
     mark_unsafe,
+    resend,
     retry,
     run_call,
     stop,
@@ -39,7 +40,7 @@ from ._engine import (
 from ._exceptions import DeadlineExceededError, OutcomeUnknownError, SeawallError
 from ._fallback import fail_call, finish_response
 from ._http import IDEMPOTENT_METHODS, Endpoint, Flavor, SendProgress, idempotency_key_of, origin_of
-from ._report import CallReport, Outcome, report_of
+from ._report import CallReport, Outcome, RetryReason, report_of
 from ._retry import parse_retry_after
 from ._runtime import Runtime
 from .telemetry._otel import RETRY_MARKERS, log_call, note_double_retry, start_call
@@ -292,9 +293,10 @@ class TransportCore:
             target.extensions["seawall.resend_count"] = call.attempts - 1
         if not call.safe_after_send:
             call.in_flight_unsafe = True
-            if self._traced:
-                # Whether a cut request had left decides its fate.
-                call.progress = target.extensions["trace"] = SendProgress(call.their_trace)
+        if self._traced:
+            # Whether a cut request had left decides its fate; whether a
+            # failed one had reused a pooled connection says if it was stale.
+            call.progress = target.extensions["trace"] = SendProgress(call.their_trace)
         tel = call.tel
         if tel is not None:
             call.span = tel.attempt_started(target, call.attempts - 1)
@@ -302,6 +304,9 @@ class TransportCore:
         response: Any = await self._inner.handle_async_request(target)
         if not call.streaming:
             response = await self._flavor.buffered(response)
+            keep_alive = response.headers.get("keep-alive")
+            if keep_alive is not None:
+                self._honour_keep_alive(keep_alive, response)
         call.in_flight_unsafe = False
         return response
 
@@ -381,6 +386,18 @@ class TransportCore:
             if not call.safe_after_send:
                 call.unknown = True
                 return stop(Stop.NOT_IDEMPOTENT)
+            if (
+                progress is not None
+                and progress.stale()
+                and isinstance(exc, self._flavor.stale_errors)
+                and call.replayable
+            ):
+                # The server had closed the pooled connection as it was
+                # reused: the dependency is not to blame, the request never
+                # reached an application. Resend at once (RFC 9110, 9.2.2:
+                # only because the request is idempotent or keyed).
+                setattr(exc, NEUTRAL_ATTR, True)
+                return resend(RetryReason.STALE_CONNECTION)
         if isinstance(exc, SeawallError):
             return stop(Stop.NOT_RETRYABLE)
         if not call.replayable:
@@ -479,6 +496,18 @@ class TransportCore:
                 value = max(left, 0.001)
             timeouts[phase] = value
         request.extensions["timeout"] = timeouts
+
+    def _honour_keep_alive(self, value: str, response: Any) -> None:
+        """Expire the connection before the server's ``Keep-Alive: timeout=N`` does."""
+        for part in value.split(","):
+            name, _, number = part.strip().partition("=")
+            if name.strip().lower() == "timeout" and number.strip().isdigit():
+                stream = response.extensions.get("network_stream")
+                if stream is not None:
+                    # A margin: the server's clock started when it sent the answer.
+                    seconds = max(0.0, int(number) - 0.5)
+                    expire_connection(self._inner, stream, seconds)
+                return
 
     def _retarget(self, request: Any, endpoint: Endpoint) -> Any:
         """*request* sent to *endpoint*: with that endpoint's credentials, never another's."""
