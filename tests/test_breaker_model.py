@@ -35,6 +35,7 @@ from hypothesis.stateful import (
 )
 
 from seawall import Breaker, BreakerState, CircuitBreaker, CircuitOpenError, Transition
+from seawall._breaker import MAX_OPEN_DURATION
 from seawall.testing import ManualClock
 
 CLOSED = BreakerState.CLOSED
@@ -157,6 +158,8 @@ class Model:
             open_for *= cfg.open_duration_multiplier
         if cfg.max_open_duration is not None:
             open_for = min(open_for, cfg.max_open_duration)
+        else:  # never infinite: a day at most, or open_duration if longer
+            open_for = min(open_for, max(cfg.open_duration, MAX_OPEN_DURATION))
         self.open_for = open_for
         self.opened_at = self.clock.now()
         self.go(OPEN, reason)

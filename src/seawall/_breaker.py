@@ -24,6 +24,16 @@ transition would change the breaker (and run its listeners) off the event loop
 at every scrape. An OPEN breaker whose time is up *reads* HALF_OPEN; the
 transition itself happens on the next ``acquire()`` (or manual change), on the
 caller's thread.
+
+The open time is always finite. With ``open_duration_multiplier > 1`` and no
+``max_open_duration``, it grows at each consecutive opening up to
+:data:`MAX_OPEN_DURATION` (one day; ``open_duration`` itself if that is
+longer), never to infinity: ``retry_after`` stays a number a ``Retry-After``
+header can carry, and a breaker that keeps failing still probes once a day.
+
+An endpoint's URL is shown with its password masked (``user:[secure]@``) in
+every ``repr()``, error message and :class:`Transition`; ``Breaker.endpoint``
+keeps the URL as given.
 """
 
 from __future__ import annotations
@@ -38,10 +48,18 @@ import structlog
 from ._clock import Clock
 from ._config import CircuitBreaker
 from ._exceptions import CircuitOpenError
+from .telemetry._redact import mask_url
 
-__all__ = ["Breaker", "BreakerState", "BreakerStatistics", "Transition"]
+__all__ = ["MAX_OPEN_DURATION", "Breaker", "BreakerState", "BreakerStatistics", "Transition"]
 
 _logger = structlog.get_logger("seawall")
+
+#: The longest a breaker stays open when ``max_open_duration`` is not set, in
+#: seconds (one day), or ``open_duration`` if that is longer: the open time of
+#: ``open_duration * open_duration_multiplier ** (openings - 1)`` stops growing
+#: there. Unbounded, it reached infinity after enough openings in a row, and an
+#: infinite ``retry_after`` fits no ``Retry-After`` header.
+MAX_OPEN_DURATION = 86_400.0
 
 
 class BreakerState(enum.StrEnum):
@@ -69,6 +87,8 @@ class Transition:
     """A change of a breaker's state, as handed to ``on_transition`` listeners."""
 
     dependency: str
+    #: The endpoint's URL, its password masked (``user:[secure]@``); None for
+    #: a dependency's own breaker.
     endpoint: str | None
     from_state: BreakerState
     to_state: BreakerState
@@ -262,6 +282,7 @@ class Breaker:
         "_messages",
         "_open_for",
         "_opened_at",
+        "_shown",
         "_slow_after",
         "_state",
         "_window",
@@ -298,15 +319,17 @@ class Breaker:
         self._half_open_failures = 0
         self._half_open_slow = 0
         self._listeners: list[Callable[[Transition], object]] = []
+        # The endpoint as shown anywhere (repr, messages, transitions): no password.
+        self._shown = mask_url(endpoint) if endpoint else None
         # Rejections are the hot path of an outage: their messages are built once.
-        where = f" ({endpoint})" if endpoint else ""
+        where = f" ({self._shown})" if self._shown else ""
         self._messages = {
             state: f"circuit breaker of {dependency!r}{where} is {state.value}"
             for state in BreakerState
         }
 
     def __repr__(self) -> str:
-        where = f" endpoint={self.endpoint!r}" if self.endpoint else ""
+        where = f" endpoint={self._shown!r}" if self._shown else ""
         return f"<Breaker {self.dependency!r}{where} {self.state.value}>"
 
     # -- reading ---------------------------------------------------------------
@@ -501,8 +524,10 @@ class Breaker:
             )
         except OverflowError:  # a float power past ~1e308, after ~1000 openings in a row
             open_for = math.inf
-        if cfg.max_open_duration is not None:
-            open_for = min(open_for, cfg.max_open_duration)
+        cap = cfg.max_open_duration
+        if cap is None:
+            cap = max(cfg.open_duration, MAX_OPEN_DURATION)
+        open_for = min(open_for, cap)
         self._open_for = open_for
         self._opened_at = self._clock.now()
         self._transition(OPEN, reason)
@@ -519,7 +544,7 @@ class Breaker:
             return
         event = Transition(
             dependency=self.dependency,
-            endpoint=self.endpoint,
+            endpoint=self._shown,
             from_state=from_state,
             to_state=to,
             reason=reason,

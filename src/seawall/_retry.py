@@ -8,9 +8,21 @@ import random
 from datetime import UTC, datetime
 
 from ._clock import Clock, sleep_disabled
-from ._config import Backoff, RetryBudget
+from ._config import MAX_SECONDS, Backoff, RetryBudget
 
-__all__ = ["BudgetTracker", "backoff_delay", "backoff_sleep", "parse_retry_after"]
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "BudgetTracker",
+    "backoff_delay",
+    "backoff_sleep",
+    "parse_retry_after",
+]
+
+#: The longest wait a ``Retry-After`` value is read as, in seconds (1e9, about
+#: 31 years: the longest duration any setting may hold). A longer delay, or a
+#: date further ahead, reads as this much: the server asked for at least that
+#: long. Read as is, 400 digits made an infinite float.
+MAX_RETRY_AFTER = MAX_SECONDS
 
 
 class BudgetTracker:
@@ -87,7 +99,9 @@ async def backoff_sleep(clock: Clock, seconds: float) -> None:
 def parse_retry_after(value: str | None, now_wall: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` value (delay-seconds or an HTTP date).
 
-    Returns None for a missing or malformed value; a date in the past gives 0.
+    Returns None for a missing or malformed value; a date in the past gives 0;
+    anything past :data:`MAX_RETRY_AFTER` gives that maximum, so the result is
+    always finite.
     """
     if not value:
         return None
@@ -95,7 +109,8 @@ def parse_retry_after(value: str | None, now_wall: float | None = None) -> float
     # delay-seconds is ASCII digits only: str.isdigit() also accepts "²" or "١٢",
     # which float() then rejects (ValueError) or reads as a number.
     if value.isascii() and value.isdigit():
-        return float(value)
+        # float() reads 400 digits as inf: min() brings it back.
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -103,4 +118,4 @@ def parse_retry_after(value: str | None, now_wall: float | None = None) -> float
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     now = datetime.now(UTC).timestamp() if now_wall is None else now_wall
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)

@@ -15,6 +15,7 @@ from ._ratelimit import RateLimiter
 from ._report import CallReport
 from ._retry import BudgetTracker
 from .telemetry._otel import track
+from .telemetry._redact import mask_url
 
 if TYPE_CHECKING:
     from ._transport import TransportCore
@@ -152,13 +153,16 @@ class Runtime:
         return report
 
     def snapshot(self) -> dict[str, Any]:
-        """Plain, JSON-ready figures (the Registry's snapshot entry, sans HTTP parts)."""
+        """Plain, JSON-ready figures (the Registry's snapshot entry, sans HTTP parts).
+
+        Endpoint URLs are shown with their passwords masked (``user:[secure]@``).
+        """
         return {
             "breaker": self.breaker.statistics().as_dict() if self.breaker else None,
             "bulkhead": self.bulkhead.statistics().as_dict() if self.bulkhead else None,
             "rate_limit": self.limiter.statistics() if self.limiter else None,
             "endpoints": [
-                {"url": url, "breaker": b.statistics().as_dict()}
+                {"url": mask_url(url), "breaker": b.statistics().as_dict()}
                 for url, b in self.endpoint_breakers.items()
             ],
         }

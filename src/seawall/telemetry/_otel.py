@@ -1,8 +1,17 @@
-"""The telemetry engine: spans, metrics and log events, fed by the transport."""
+"""The telemetry engine: spans, metrics and log events, fed by the transport.
+
+Nothing secret leaves through it (see :mod:`._redact`): ``url.full`` and log
+URLs are redacted, endpoint URLs (breaker gauges' ``seawall.endpoint``, breaker
+transition events) have their passwords masked, the span ``exception`` event
+carries the error's message and stacktrace scrubbed of header values and URL
+passwords, and ``http.request.method`` is a standard method or ``_OTHER``, so
+made-up methods cannot multiply the metric series.
+"""
 
 from __future__ import annotations
 
 import logging
+import traceback
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -222,6 +231,7 @@ class _Engine:
 
 
 def _build_attrs(key: tuple[object, ...]) -> dict[str, Any]:
+    # Methods arrive normalized (``_OTHER``): the cache stays bounded too.
     kind = key[0]
     if kind == "span":
         _, dependency, method = key
@@ -272,7 +282,7 @@ def _breakers(rt: Runtime) -> Iterable[tuple[dict[str, str], Any]]:
     if rt.breaker is not None:
         yield {"seawall.dependency": rt.name}, rt.breaker
     for url, b in rt.endpoint_breakers.items():
-        yield {"seawall.dependency": rt.name, "seawall.endpoint": url}, b
+        yield {"seawall.dependency": rt.name, "seawall.endpoint": _redact.mask_url(url)}, b
 
 
 def _observe_breaker_state(options: CallbackOptions) -> Iterable[Observation]:
@@ -333,7 +343,8 @@ def on_transition(event: Transition) -> None:
     _logger.warning(
         "seawall.breaker.transition",
         dependency=event.dependency,
-        endpoint=event.endpoint,
+        # Breakers mask it already; a Transition built elsewhere may not.
+        endpoint=_redact.mask_url(event.endpoint) if event.endpoint else None,
         from_state=event.from_state.value,
         to_state=event.to_state.value,
         reason=event.reason,
@@ -362,6 +373,63 @@ def _instrumented(inner: object) -> bool:
     return hasattr(getattr(inner, "__dict__", {}).get("handle_async_request"), "__wrapped__")
 
 
+def _method(method: str) -> tuple[str, str | None]:
+    """``http.request.method`` and, when that is ``_OTHER``, the original method."""
+    normal = _redact.normalize_method(method)
+    return normal, (None if normal == method else method)
+
+
+def _text(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:  # a broken __str__ must not break the call's telemetry
+        return ""
+
+
+def _chain(error: BaseException) -> Iterable[BaseException]:
+    """*error*, its causes and contexts, and the members of exception groups, once each."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        exc = todo.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        yield exc
+        todo.extend(x for x in (exc.__cause__, exc.__context__) if x is not None)
+        if isinstance(exc, BaseExceptionGroup):
+            todo.extend(exc.exceptions)
+
+
+def _exception_attributes(error: BaseException) -> dict[str, str]:
+    """The span ``exception`` event's message and stacktrace, with no secret in them.
+
+    The SDK would record ``str(error)`` and the formatted traceback, where an
+    underlying error's message may quote a header value (h11: "Illegal header
+    value b'Bearer ...\\n'") or a URL with its password, on any error of the
+    chain. Each such message is replaced by its scrubbed form wherever the
+    traceback shows it (line by line: an exception group indents each line);
+    frames are left as they are.
+    """
+    stacktrace = "".join(traceback.format_exception(error))
+    for exc in _chain(error):
+        for raw in (_text(exc), *map(str, getattr(exc, "__notes__", ()))):
+            clean = _redact.scrub_message(raw)
+            if clean == raw:
+                continue
+            raw_lines, clean_lines = raw.splitlines(), clean.splitlines()
+            if len(raw_lines) != len(clean_lines):
+                raw_lines, clean_lines = [raw], [clean]
+            for raw_line, clean_line in zip(raw_lines, clean_lines, strict=True):
+                if raw_line != clean_line:
+                    stacktrace = stacktrace.replace(raw_line, clean_line)
+    return {
+        "exception.message": _redact.scrub_message(_text(error)),
+        # A URL password anywhere else (a frame's source line) is masked too.
+        "exception.stacktrace": _redact.mask_url(stacktrace),
+    }
+
+
 class CallTelemetry:
     """The telemetry of one logical call: its span, its attempts, its end."""
 
@@ -380,11 +448,16 @@ class CallTelemetry:
             s.attempt_spans == "on" or (s.attempt_spans == "auto" and not _instrumented(inner))
         )
         if tracer is not None:
-            self._span = tracer.start_span(
-                f"seawall {dependency}" if method is None else f"seawall {dependency} {method}",
-                kind=SpanKind.INTERNAL,
-                attributes=_engine.attrs("span", dependency, method),
-            )
+            if method is None:  # a guard call
+                name, attrs = f"seawall {dependency}", _engine.attrs("span", dependency, None)
+            else:
+                normal, original = _method(method)
+                # As the HTTP semantic conventions name a span of an unknown method.
+                name = f"seawall {dependency} {'HTTP' if original else normal}"
+                attrs = _engine.attrs("span", dependency, normal)
+                if original is not None:
+                    attrs = {**attrs, "http.request.method_original": original}
+            self._span = tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attrs)
             # The call span is current for the attempts (and for an httpx
             # instrumentation's spans under it, or the guarded function's own).
             self._token = otel_context.attach(trace.set_span_in_context(self._span))
@@ -397,15 +470,20 @@ class CallTelemetry:
                 propagate.inject(request.headers)
             return None
         url = request.url
+        method, original = _method(request.method)
         attrs: dict[str, Any] = {
-            "http.request.method": request.method,
+            "http.request.method": method,
             "server.address": url.host,
             "server.port": url.port or (443 if url.scheme == "https" else 80),
             "url.full": redact_url(url),
         }
+        if original is not None:
+            attrs["http.request.method_original"] = original
         if resend_count:
             attrs["http.request.resend_count"] = resend_count
-        span = self._tracer.start_span(request.method, kind=SpanKind.CLIENT, attributes=attrs)  # type: ignore[union-attr]
+        span = self._tracer.start_span(  # type: ignore[union-attr]
+            "HTTP" if original else method, kind=SpanKind.CLIENT, attributes=attrs
+        )
         propagate.inject(request.headers, context=trace.set_span_in_context(span))
         return span
 
@@ -433,7 +511,7 @@ class CallTelemetry:
                     "attempt",
                     self._dependency,
                     outcome,
-                    request.method,
+                    _redact.normalize_method(request.method),
                     url.host,
                     url.port or (443 if url.scheme == "https" else 80),
                     status,
@@ -482,7 +560,8 @@ class CallTelemetry:
             else:
                 span.set_attribute("seawall.outcome", Outcome.CANCELLED)
             if error is not None and report is not None and report.fallback is None:
-                span.record_exception(error)
+                # The SDK's own attributes are overridden by these.
+                span.record_exception(error, attributes=_exception_attributes(error))
             span.end()
         if report is not None:
             log_call(report, url, span)
@@ -617,4 +696,3 @@ def note_double_retry(dependency: str, header: str, value: str) -> None:
             "max_network_retries=0, githubkit auto_retry=False): seawall is the one retry layer"
         ),
     )
-
