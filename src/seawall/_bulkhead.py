@@ -104,6 +104,10 @@ class BulkheadHandle:
             return token
         return None
 
+    def observe(self, latency: float, timed_out: bool) -> None:
+        """An attempt that held a slot ended after *latency* seconds (an adaptive
+        limit learns from it; a static bulkhead ignores it)."""
+
     def release(self, token: object) -> None:
         self._in_use -= 1
         self._limiter.release_on_behalf_of(token)

@@ -469,10 +469,14 @@ async def _attempt(
             breaker.release(permit)  # type: ignore[union-attr]
         else:
             breaker.record(permit, duration, verdict)  # type: ignore[union-attr]
-    if slot is not None and not (
-        decision.act is Act.ANSWER and fe.keep_slot(result, (rt.bulkhead, slot))
-    ):
-        rt.bulkhead.release(slot)  # type: ignore[union-attr]
+    if slot is not None:
+        bulkhead = rt.bulkhead
+        assert bulkhead is not None
+        # What an adaptive limit learns from: each attempt's latency, and
+        # whether it ran out of time.
+        bulkhead.observe(duration, error is not None and is_timeout(error))
+        if not (decision.act is Act.ANSWER and fe.keep_slot(result, (bulkhead, slot))):
+            bulkhead.release(slot)
     return result, error, decision
 
 
@@ -485,6 +489,11 @@ NEUTRAL_ATTR = "_seawall_neutral"
 #: evidence against the dependency only if it had at least this long: a caller
 #: that sends a 1 ms deadline must not open the breaker for everyone.
 FAIR_CHANCE = 0.25
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """A timeout of any kind: ours, the built-in one, or httpx's/httpx2's ``*Timeout``."""
+    return isinstance(exc, TimeoutError) or type(exc).__name__.endswith("Timeout")
 
 
 def _error_verdict(rt: Runtime, exc: Exception) -> bool | None:
