@@ -17,6 +17,7 @@ from ._config import (
     Config,
     DependencySpec,
     Fallback,
+    Hedge,
     Policy,
     Pool,
     RateLimit,
@@ -38,7 +39,7 @@ from ._exceptions import (
 )
 from ._guard import Guard, guard
 from ._registry import Registry
-from ._report import CallReport, Outcome, report_of
+from ._report import CallReport, Outcome, RetryReason, report_of
 from ._transport import AttemptTimeout, ResilientTransport
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "DependencySpec",
     "Fallback",
     "Guard",
+    "Hedge",
     "MonotonicClock",
     "Outcome",
     "OutcomeUnknownError",
@@ -74,6 +76,7 @@ __all__ = [
     "ResilientTransport",
     "Retry",
     "RetryBudget",
+    "RetryReason",
     "SeawallError",
     "Timeouts",
     "Transition",

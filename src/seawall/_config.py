@@ -40,17 +40,23 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = [
+    "AdaptiveLimit",
     "Backoff",
     "Bulkhead",
     "CircuitBreaker",
     "Config",
     "DependencySpec",
     "Fallback",
+    "GlobalBulkhead",
+    "Hedge",
     "Policy",
     "Pool",
     "RateLimit",
     "Retry",
     "RetryBudget",
+    "Shared",
+    "SharedRateLimit",
+    "StateSettings",
     "Timeouts",
     "load_config",
 ]
@@ -412,20 +418,92 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdaptiveLimit:
+    """A bulkhead limit that follows the dependency's latency (``Bulkhead.adaptive``).
+
+    The limit grows while latency stays within ``tolerance`` times the
+    minimum round-trip time seen, and shrinks when latency rises past it or
+    attempts time out; it stays within ``min_limit`` and ``max_limit``
+    (default: the bulkhead's ``max_concurrent``) and starts at ``initial``
+    (default: ``min(max_limit, 20)``). ``algorithm="gradient"`` moves the limit
+    by the ratio of the two latencies, ``smoothing`` of the way at each update
+    (Netflix's Gradient2, Envoy's adaptive concurrency); ``"aimd"`` adds one
+    slot per update and takes off a tenth (half on a timeout). Every
+    ``probe_interval`` seconds the limit drops for a few calls to measure the
+    minimum again, as Envoy does, so that it recovers after a slow period.
+    """
+
+    algorithm: Literal["gradient", "aimd"] = "gradient"
+    min_limit: int = 1
+    max_limit: int | None = None
+    initial: int | None = None
+    smoothing: float = 0.2
+    tolerance: float = 1.5
+    probe_interval: float = 30.0
+
+    def __post_init__(self) -> None:
+        problems: list[_Problem] = []
+        if self.algorithm not in ("gradient", "aimd"):
+            problems.append(("algorithm", "must be 'gradient' or 'aimd'", self.algorithm))
+        _integer(problems, "min_limit", self.min_limit, minimum=1)
+        for key in ("max_limit", "initial"):
+            if getattr(self, key) is not None:
+                _integer(problems, key, getattr(self, key), minimum=1)
+        if not problems:
+            if self.max_limit is not None and self.max_limit < self.min_limit:
+                problems.append(
+                    ("max_limit", f"must be >= min_limit ({self.min_limit})", self.max_limit)
+                )
+            elif self.initial is not None and self.initial < self.min_limit:
+                problems.append(
+                    ("initial", f"must be >= min_limit ({self.min_limit})", self.initial)
+                )
+            elif (
+                self.initial is not None
+                and self.max_limit is not None
+                and self.initial > self.max_limit
+            ):
+                problems.append(
+                    ("initial", f"must be <= max_limit ({self.max_limit})", self.initial)
+                )
+        _fraction(problems, "smoothing", self.smoothing)
+        if not _is_finite(self.tolerance):
+            problems.append(("tolerance", "must be a finite number", self.tolerance))
+        elif not 1 <= self.tolerance <= 10:
+            problems.append(("tolerance", "must be in [1, 10]", self.tolerance))
+        _seconds(problems, "probe_interval", self.probe_interval, optional=False, minimum=0.1)
+        _raise_if("AdaptiveLimit", problems)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Bulkhead:
     """At most ``max_concurrent`` calls in flight to the dependency.
 
     Over the limit a call waits at most ``max_wait`` seconds for a slot (0: fail
     at once) and then fails fast with :class:`~seawall.BulkheadFullError`.
+    With ``adaptive`` (an :class:`AdaptiveLimit`), the limit moves with the
+    dependency's latency, never above ``max_concurrent``.
     """
 
     max_concurrent: int = 25
     max_wait: float = 0.0
+    adaptive: AdaptiveLimit | None = None
 
     def __post_init__(self) -> None:
         problems: list[_Problem] = []
         _integer(problems, "max_concurrent", self.max_concurrent, minimum=1)
         _seconds(problems, "max_wait", self.max_wait, optional=False, zero_ok=True)
+        adaptive = self.adaptive
+        if adaptive is not None and not isinstance(adaptive, AdaptiveLimit):
+            problems.append(("adaptive", "must be an AdaptiveLimit or None", adaptive))
+        elif adaptive is not None and not problems:
+            cap = self.max_concurrent
+            for key in ("min_limit", "max_limit", "initial"):
+                value = getattr(adaptive, key)
+                if value is not None and value > cap:
+                    problems.append(
+                        (f"adaptive.{key}", f"must be <= max_concurrent ({cap})", value)
+                    )
         _raise_if("Bulkhead", problems)
 
 
@@ -606,6 +684,285 @@ class Fallback:
         _raise_if("Fallback", problems)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GlobalBulkhead:
+    """A cap on calls in flight to the dependency across every replica (``Shared.bulkhead``).
+
+    Redis holds each live replica's slot count and keeps their sum at most
+    ``max_concurrent``; the policy's own :class:`Bulkhead`, if any, still caps
+    each replica. A replica asks for ``grant_step`` slots at a time (default
+    ``max(1, max_concurrent // 16)``) and gives back those idle for
+    ``idle_release`` seconds. ``grant_step=1, idle_release=0`` makes the cap
+    exact, at one Redis round trip per call. While Redis cannot be reached,
+    ``on_unavailable="local_share"`` caps each replica at
+    ``max(1, max_concurrent // live replicas last seen)``; ``"reject"`` refuses
+    calls instead.
+    """
+
+    max_concurrent: int
+    grant_step: int | None = None
+    idle_release: float = 0.5
+    on_unavailable: Literal["local_share", "reject"] = "local_share"
+
+    def __post_init__(self) -> None:
+        problems: list[_Problem] = []
+        _integer(problems, "max_concurrent", self.max_concurrent, minimum=1)
+        if self.grant_step is None:
+            if not problems:
+                object.__setattr__(self, "grant_step", max(1, self.max_concurrent // 16))
+        else:
+            before = len(problems)
+            _integer(problems, "grant_step", self.grant_step, minimum=1)
+            if len(problems) == before and not problems and self.grant_step > self.max_concurrent:
+                problems.append(
+                    (
+                        "grant_step",
+                        f"must be <= max_concurrent ({self.max_concurrent})",
+                        self.grant_step,
+                    )
+                )
+        _seconds(problems, "idle_release", self.idle_release, optional=False, zero_ok=True)
+        if self.on_unavailable not in ("local_share", "reject"):
+            problems.append(
+                ("on_unavailable", "must be 'local_share' or 'reject'", self.on_unavailable)
+            )
+        _raise_if("GlobalBulkhead", problems)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharedRateLimit:
+    """The policy's :class:`RateLimit` made global (``Shared.rate_limit``).
+
+    A replica reserves ``reserve`` tokens at a time (default: 50 ms worth of
+    the rate, at least 1) and spends them locally; unspent ones expire after
+    ``reserve_ttl`` seconds. In any window of ``w`` seconds all replicas
+    together send at most ``rate * (w + reserve_ttl) + burst`` calls.
+    ``reserve=1, reserve_ttl=0`` is exact, at one Redis round trip per call.
+    """
+
+    reserve: int | None = None
+    reserve_ttl: float = 0.05
+
+    def __post_init__(self) -> None:
+        problems: list[_Problem] = []
+        if self.reserve is not None:
+            _integer(problems, "reserve", self.reserve, minimum=1)
+        _seconds(problems, "reserve_ttl", self.reserve_ttl, optional=False, zero_ok=True)
+        _raise_if("SharedRateLimit", problems)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shared:
+    """State shared across replicas through a state backend (``seawall.redis.RedisState``).
+
+    ``breaker="advisory"``: the breaker also follows the replicas' verdict,
+    open when at least ``quorum`` live replicas, and ``quorum_ratio`` of those
+    with evidence, are tripped; a closed breaker adopts it only while its own
+    evidence is thin (fewer than ``minimum_calls``, or a failure rate of at
+    least ``assist_ratio`` times the threshold). ``bulkhead`` caps calls in
+    flight across replicas (:class:`GlobalBulkhead`); ``rate_limit`` makes
+    the policy's rate limit global (``True`` or a :class:`SharedRateLimit`);
+    ``fallback=True`` adds a shared tier under the stale-if-error cache.
+    Redis only informs these decisions: when it is slow or down, each one
+    falls back to local state (see docs/shared-state.md).
+    """
+
+    breaker: Literal["off", "advisory"] = "off"
+    quorum: int = 2
+    quorum_ratio: float = 0.5
+    assist_ratio: float = 0.5
+    bulkhead: GlobalBulkhead | None = None
+    rate_limit: SharedRateLimit | bool | None = None
+    fallback: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rate_limit is True:
+            object.__setattr__(self, "rate_limit", SharedRateLimit())
+        elif self.rate_limit is False:
+            object.__setattr__(self, "rate_limit", None)
+        problems: list[_Problem] = []
+        if self.breaker not in ("off", "advisory"):
+            problems.append(("breaker", "must be 'off' or 'advisory'", self.breaker))
+        _integer(problems, "quorum", self.quorum, minimum=1)
+        _fraction(problems, "quorum_ratio", self.quorum_ratio)
+        _fraction(problems, "assist_ratio", self.assist_ratio, zero_ok=True)
+        if self.bulkhead is not None and not isinstance(self.bulkhead, GlobalBulkhead):
+            problems.append(("bulkhead", "must be a GlobalBulkhead or None", self.bulkhead))
+        if self.rate_limit is not None and not isinstance(self.rate_limit, SharedRateLimit):
+            problems.append(
+                ("rate_limit", "must be a SharedRateLimit, True or False", self.rate_limit)
+            )
+        if not isinstance(self.fallback, bool):
+            problems.append(("fallback", "must be a boolean", self.fallback))
+        _raise_if("Shared", problems)
+
+    @property
+    def shared_rate_limit(self) -> SharedRateLimit | None:
+        """``rate_limit`` as its type after normalisation (``True`` became a SharedRateLimit)."""
+        return self.rate_limit if isinstance(self.rate_limit, SharedRateLimit) else None
+
+
+def _shared_problems(policy_parts: Mapping[str, Any]) -> list[_Problem]:
+    """What a policy's ``shared`` asks of the rest of the policy (key paths from the policy).
+
+    *policy_parts* are Policy keywords; a part left out has its default.
+    """
+    if "shared" not in policy_parts:
+        return []
+    defaults = {f.name: f for f in fields(Policy)}
+
+    def part(name: str) -> Any:
+        if name in policy_parts:
+            return policy_parts[name]
+        f = defaults[name]
+        return f.default_factory() if f.default_factory is not MISSING else f.default
+
+    policy_parts = {name: part(name) for name in ("shared", "breaker", "rate_limit", "fallback")}
+    shared = policy_parts.get("shared")
+    if not isinstance(shared, Shared):
+        return []
+    problems: list[_Problem] = []
+    if shared.breaker == "advisory" and policy_parts.get("breaker") is None:
+        problems.append(("shared.breaker", "needs a breaker in the policy", shared.breaker))
+    if shared.rate_limit is not None and policy_parts.get("rate_limit") is None:
+        problems.append(("shared.rate_limit", "needs a rate_limit in the policy", True))
+    fallback = policy_parts.get("fallback")
+    if shared.fallback and (fallback is None or fallback.stale_if_error is None):
+        problems.append(
+            ("shared.fallback", "needs a fallback with stale_if_error in the policy", True)
+        )
+    return problems
+
+
+_BOUND = re.compile(r"([<>]=) ([0-9_.]+)")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def state_problems(
+    *,
+    namespace: object,
+    budget: object,
+    sync_interval: object,
+    command_timeout: object,
+    lease_ttl: object,
+) -> list[_Problem]:
+    """The checks of a state backend's settings, shared by ``[state]`` and RedisState."""
+    problems: list[_Problem] = []
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        problems.append(
+            ("namespace", "must be 1-64 characters of letters, digits and _.:-", namespace)
+        )
+    _seconds(problems, "budget", budget, optional=False, maximum=1.0)
+    before = len(problems)
+    _seconds(problems, "sync_interval", sync_interval, optional=False, minimum=0.01, maximum=60.0)
+    interval_ok = len(problems) == before
+    _seconds(problems, "command_timeout", command_timeout, optional=False, maximum=60.0)
+    before = len(problems)
+    _seconds(problems, "lease_ttl", lease_ttl, optional=False, maximum=3600.0)
+    if interval_ok and len(problems) == before and lease_ttl < 2 * sync_interval:  # type: ignore[operator]
+        problems.append(("lease_ttl", "must be at least twice sync_interval", lease_ttl))
+    return problems
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateSettings:
+    """The ``[state]`` table of a configuration file: where shared state lives.
+
+    ``backend = "redis"``; the URL is read from the environment variable
+    ``url_env`` when the registry starts (a file never holds a password), as
+    is the shared cache's secret (``cache_secret_env``). Durations are given
+    in milliseconds in the file (``budget_ms``...), in seconds here.
+    """
+
+    backend: Literal["redis"] = "redis"
+    url_env: str | None = None
+    namespace: str = "seawall"
+    budget: float = 0.010
+    sync_interval: float = 0.25
+    command_timeout: float = 0.25
+    lease_ttl: float = 5.0
+    cache_secret_env: str | None = None
+
+    def __post_init__(self) -> None:
+        problems: list[_Problem] = []
+        if self.backend != "redis":
+            problems.append(("backend", "must be 'redis'", self.backend))
+        for key in ("url_env", "cache_secret_env"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not _ENV_NAME.fullmatch(value)):
+                problems.append((key, "must be an environment variable name", value))
+        problems.extend(
+            state_problems(
+                namespace=self.namespace,
+                budget=self.budget,
+                sync_interval=self.sync_interval,
+                command_timeout=self.command_timeout,
+                lease_ttl=self.lease_ttl,
+            )
+        )
+        _raise_if("StateSettings", problems)
+
+
+# [state] keys: the file's name, the field, and the scale from the file's unit.
+_STATE_KEYS: dict[str, tuple[str, float]] = {
+    "backend": ("backend", 1.0),
+    "url_env": ("url_env", 1.0),
+    "namespace": ("namespace", 1.0),
+    "budget_ms": ("budget", 0.001),
+    "sync_interval_ms": ("sync_interval", 0.001),
+    "command_timeout_ms": ("command_timeout", 0.001),
+    "lease_ttl_ms": ("lease_ttl", 0.001),
+    "cache_secret_env": ("cache_secret_env", 1.0),
+}
+
+
+def _state_from_mapping(data: object, problems: list[str]) -> StateSettings | None:
+    """The ``[state]`` table; problems carry ``state.<key>`` paths, in the file's units."""
+    if not isinstance(data, Mapping):
+        problems.append(_line("state", "must be a table", data))
+        return None
+    before = len(problems)
+    kwargs: dict[str, Any] = {}
+    given: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _STATE_KEYS:
+            problems.append(
+                _line(f"state.{_key(key)}", "unknown key", value, secret=_is_secret_key(key))
+            )
+            continue
+        name, scale = _STATE_KEYS[key]
+        given[name] = value
+        if scale != 1.0:
+            if not _is_finite(value):
+                problems.append(_line(f"state.{key}", "must be a finite number", value))
+                continue
+            value = value * scale
+        kwargs[name] = value
+    if "backend" not in data:
+        problems.append('state.backend: must be set ("redis"), got nothing')
+    try:
+        settings = StateSettings(**kwargs)
+    except ConfigError as exc:
+        units = {name: (key, scale) for key, (name, scale) in _STATE_KEYS.items()}
+        for field_name, message, value in exc._raw:
+            key, scale = units[field_name]
+            if scale != 1.0:  # the file's unit, in the bounds too
+                message = _in_unit(message, scale)
+            problems.append(_line(f"state.{key}", message, given.get(field_name, value)))
+        return None
+    return settings if len(problems) == before else None
+
+
+def _in_unit(message: str, scale: float) -> str:
+    """A problem's message with its bounds in the file's unit (``budget_ms: must be <= 1000``)."""
+
+    def bound(match: re.Match[str]) -> str:
+        return f"{match[1]} {_num(round(float(match[2].replace('_', '')) / scale, 6))}"
+
+    return _BOUND.sub(bound, message).replace("sync_interval", "sync_interval_ms")
+
+
 class _DerivedKeepalive(int):
     """``Pool.max_keepalive`` that was not given: ``min(20, max_connections)``.
 
@@ -615,6 +972,39 @@ class _DerivedKeepalive(int):
     """
 
     __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hedge:
+    """Hedged requests: after ``delay`` without an answer, send the same request again.
+
+    The first acceptable answer wins; the others are cancelled. With
+    ``delay_from="p95"`` the delay is the dependency's recent 95th percentile
+    latency, bounded by ``min_delay`` and ``max_delay`` (``delay`` until enough
+    calls were seen). Only idempotent or keyed requests are hedged (for a
+    guard: every call, since the policy says so); hedges spend the retry
+    budget and never wait for a bulkhead slot.
+    """
+
+    delay: float = 0.1
+    max_hedges: int = 1
+    delay_from: Literal["p95"] | None = None
+    min_delay: float = 0.01
+    max_delay: float = 1.0
+
+    def __post_init__(self) -> None:
+        problems: list[_Problem] = []
+        _seconds(problems, "delay", self.delay, optional=False)
+        _integer(problems, "max_hedges", self.max_hedges, minimum=1, maximum=8)
+        if self.delay_from not in (None, "p95"):
+            problems.append(("delay_from", "must be 'p95' or None", self.delay_from))
+        _seconds(problems, "min_delay", self.min_delay, optional=False)
+        _seconds(problems, "max_delay", self.max_delay, optional=False)
+        if not problems and self.min_delay > self.max_delay:
+            problems.append(
+                ("min_delay", f"must be <= max_delay ({self.max_delay})", self.min_delay)
+            )
+        _raise_if("Hedge", problems)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -667,6 +1057,9 @@ class Policy:
     rate_limit: RateLimit | None = None
     fallback: Fallback | None = None
     pool: Pool = field(default_factory=Pool)
+    #: Shared across replicas through the registry's state backend (None: local only).
+    shared: Shared | None = None
+    hedge: Hedge | None = None
     forward_deadline: bool = False
     #: The request headers whose (non-blank) value is an idempotency key: a
     #: POST or PATCH carrying one may be retried after it was sent. The first
@@ -693,6 +1086,8 @@ class Policy:
                 )
         if not isinstance(self.forward_deadline, bool):
             problems.append(("forward_deadline", "must be a boolean", self.forward_deadline))
+        if not problems:
+            problems.extend(_shared_problems({n: getattr(self, n) for n, _, _ in _POLICY_PARTS}))
         _raise_if("Policy", problems)
 
     @classmethod
@@ -719,6 +1114,8 @@ _POLICY_PARTS: tuple[tuple[str, type, bool], ...] = (
     ("rate_limit", RateLimit, True),
     ("fallback", Fallback, True),
     ("pool", Pool, False),
+    ("shared", Shared, True),
+    ("hedge", Hedge, True),
 )
 
 # Keys a mapping may set for each class: the data-shaped fields (predicates
@@ -729,18 +1126,26 @@ _MAPPING_KEYS: dict[type, frozenset[str]] = {
     RetryBudget: frozenset(f.name for f in fields(RetryBudget)),
     Retry: frozenset({"attempts", "backoff", "budget", "retry_statuses", "max_retry_after"}),
     Bulkhead: frozenset(f.name for f in fields(Bulkhead)),
+    AdaptiveLimit: frozenset(f.name for f in fields(AdaptiveLimit)),
     CircuitBreaker: frozenset(f.name for f in fields(CircuitBreaker)) - {"record_on", "ignore_on"},
     RateLimit: frozenset(f.name for f in fields(RateLimit)),
     Fallback: frozenset(
         {"stale_if_error", "max_entries", "max_bytes", "default", "default_methods"}
     ),
     Pool: frozenset(f.name for f in fields(Pool)),
+    Shared: frozenset(f.name for f in fields(Shared)),
+    GlobalBulkhead: frozenset(f.name for f in fields(GlobalBulkhead)),
+    SharedRateLimit: frozenset(f.name for f in fields(SharedRateLimit)),
+    Hedge: frozenset(f.name for f in fields(Hedge)),
 }
 
 
 # Stand-ins for required keys that are missing from a table: they let the other
 # keys of that table be checked too (the object built is thrown away).
-_PLACEHOLDERS: dict[tuple[type, str], object] = {(RateLimit, "rate"): 1.0}
+_PLACEHOLDERS: dict[tuple[type, str], object] = {
+    (RateLimit, "rate"): 1.0,
+    (GlobalBulkhead, "max_concurrent"): 1,
+}
 
 
 def _build(cls: type, data: object, path: str, problems: list[str], *, optional: bool) -> Any:
@@ -768,8 +1173,14 @@ def _build(cls: type, data: object, path: str, problems: list[str], *, optional:
             value = _build(Backoff, value, f"{path}.backoff", problems, optional=False)
         elif cls is Retry and key == "budget":
             value = _build(RetryBudget, value, f"{path}.budget", problems, optional=True)
+        elif cls is Bulkhead and key == "adaptive":
+            value = _build(AdaptiveLimit, value, f"{path}.adaptive", problems, optional=True)
         elif cls is Fallback and key == "default":
             value = _response_from_mapping(value, f"{path}.default", problems)
+        elif cls is Shared and key == "bulkhead":
+            value = _build(GlobalBulkhead, value, f"{path}.bulkhead", problems, optional=True)
+        elif cls is Shared and key == "rate_limit" and not isinstance(value, bool):
+            value = _build(SharedRateLimit, value, f"{path}.rate_limit", problems, optional=True)
         if len(problems) == n:  # a part that failed is left out: its problems are reported
             kwargs[key] = value
     for f in fields(cls):
@@ -881,6 +1292,9 @@ def _policy_from_mapping(data: object, path: str, problems: list[str]) -> Policy
             problems.append(
                 _line(f"{prefix}{_key(key)}", "unknown key", value, secret=_is_secret_key(key))
             )
+    if len(problems) > before:
+        return None
+    problems.extend(_fmt(prefix, p) for p in _shared_problems(kwargs))
     if len(problems) > before:
         return None
     return Policy(**kwargs)
@@ -999,6 +1413,8 @@ class Config:
 
     defaults: Policy
     dependencies: Mapping[str, DependencySpec]
+    #: The ``[state]`` table: the shared-state backend, if any.
+    state: StateSettings | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Config:
@@ -1080,7 +1496,7 @@ def _config_from_mapping(data: Mapping[str, Any], problems: list[str]) -> Config
     problems.extend(
         _line(_key(key), "unknown key", data[key], secret=_is_secret_key(key))
         for key in data
-        if key not in ("defaults", "dependencies")
+        if key not in ("defaults", "dependencies", "state")
     )
     defaults_data = data.get("defaults", {})
     if not isinstance(defaults_data, Mapping):
@@ -1154,9 +1570,10 @@ def _config_from_mapping(data: Mapping[str, Any], problems: list[str]) -> Config
                 endpoints=tuple(endpoints or ()),
                 httpx_options=MappingProxyType(options),
             )
+    state = _state_from_mapping(data["state"], problems) if "state" in data else None
     if problems or defaults is None:
         return None
-    return Config(defaults=defaults, dependencies=MappingProxyType(specs))
+    return Config(defaults=defaults, dependencies=MappingProxyType(specs), state=state)
 
 
 def load_config(path: str | PathLike[str]) -> Config:

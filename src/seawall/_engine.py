@@ -28,188 +28,33 @@ OutcomeUnknownError.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ._breaker import Breaker
 from ._deadline import _current as _ambient
-from ._exceptions import DeadlineExceededError, RejectedError, SeawallError
+from ._decision import (
+    FAIR_CHANCE,
+    NEUTRAL_ATTR,
+    Act,
+    Attempt,
+    Call,
+    Decision,
+    Frame,
+    Route,
+    Stop,
+    current_frame,
+    is_timeout,
+)
+from ._exceptions import BulkheadFullError, DeadlineExceededError, RejectedError, SeawallError
 from ._retry import backoff_delay, backoff_sleep
 from ._runtime import Runtime
 from ._timeout import attempt_scope
 
-__all__ = [
-    "ANSWER",
-    "Act",
-    "Call",
-    "Decision",
-    "Frame",
-    "FrontEnd",
-    "Route",
-    "Stop",
-    "deadline_of",
-    "mark_unsafe",
-    "resend",
-    "queue_for_slot",
-    "retry",
-    "run_call",
-    "stop",
-]
-
-
-class Stop(enum.StrEnum):
-    """Why no further attempt ran when one was wanted (``CallReport.retry_stopped``)."""
-
-    #: Every attempt of ``Retry.attempts`` was spent (not reported: the outcome says it).
-    ATTEMPTS = "attempts"
-    #: The failure is not one retries help with (not reported).
-    NOT_RETRYABLE = "not_retryable"
-    #: The request may have reached the upstream and is not safe to resend.
-    NOT_IDEMPOTENT = "not_idempotent"
-    #: The request body was a stream that cannot be sent twice.
-    UNREPLAYABLE_BODY = "unreplayable_body"
-    #: The retry budget refused the retry.
-    BUDGET_EXHAUSTED = "budget_exhausted"
-    #: The wait before the next attempt would end past the deadline.
-    DEADLINE = "deadline"
-    #: The server asked for a wait longer than ``Retry.max_retry_after`` or the time left.
-    RETRY_AFTER_TOO_LONG = "retry_after_too_long"
-    #: The next attempt was refused by an open breaker.
-    CIRCUIT_OPEN = "circuit_open"
-    #: The next attempt was refused by a full bulkhead.
-    BULKHEAD_FULL = "bulkhead_full"
-
-
-#: Stops the report leaves out: the outcome already says them.
-_UNREPORTED = frozenset({Stop.ATTEMPTS, Stop.NOT_RETRYABLE})
-
-
-class Act(enum.Enum):
-    ANSWER = "answer"
-    RETRY = "retry"
-    STOP = "stop"
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What to do after an attempt: answer with it, retry (after ``delay``), or stop.
-
-    ``reason`` is the retry reason (RETRY) or the :class:`Stop` (STOP);
-    ``delay`` is a wait the server asked for (Retry-After), else the backoff's.
-    """
-
-    act: Act
-    reason: str | None = None
-    delay: float | None = None
-    #: A resend that needs no Retry policy and spends no attempt: once per
-    #: call, for a failure that says nothing of the dependency (a stale
-    #: pooled connection).
-    free: bool = False
-
-
-ANSWER = Decision(Act.ANSWER)
-_STOPS = {s: Decision(Act.STOP, s) for s in Stop}
-
-
-def stop(reason: Stop) -> Decision:
-    return _STOPS[reason]
-
-
-def retry(reason: str, delay: float | None = None) -> Decision:
-    return Decision(Act.RETRY, reason, delay)
-
-
-def resend(reason: str) -> Decision:
-    """At once, once per call, whatever the Retry policy (see ``Decision.free``)."""
-    return Decision(Act.RETRY, reason, 0.0, free=True)
-
-
-class Frame:
-    """A call in progress, as seen by calls nested inside its attempts."""
-
-    __slots__ = ("parent", "unsafe")
-
-    def __init__(self, parent: Frame | None) -> None:
-        self.parent = parent
-        #: An inner call sent a request it may not replay and got no answer.
-        self.unsafe = False
-
-
-_frame: ContextVar[Frame | None] = ContextVar("seawall_frame", default=None)
-
-
-def mark_unsafe() -> None:
-    """Tell every enclosing call that a request left that may not be resent."""
-    frame = _frame.get()
-    while frame is not None and not frame.unsafe:
-        frame.unsafe = True
-        frame = frame.parent
-
-
-class Route:
-    """Where an attempt goes: an endpoint (HTTP) and the breaker that guards it."""
-
-    __slots__ = ("breaker", "origin", "prefix", "url")
-
-    def __init__(self, breaker: Breaker | None, origin: str | None = None) -> None:
-        self.breaker = breaker
-        self.origin = origin
-        self.prefix = ""
-        self.url: Any = None
-
-
-class Call:
-    """The mutable record of one logical call; the front end's report is made from it."""
-
-    __slots__ = (
-        "ambient_bound",
-        "attempts",
-        "breaker_before",
-        "bulkhead_wait",
-        "deadline_at",
-        "deadline_remaining",
-        "endpoint",
-        "fallback",
-        "frame",
-        "free_resends",
-        "next_route",
-        "outcome",
-        "retries",
-        "retry_stopped",
-        "start",
-        "status_code",
-        "tel",
-    )
-
-    def __init__(self, start: float, tel: Any) -> None:
-        self.start = start
-        self.tel = tel
-        self.attempts = 0
-        self.retries: list[str] = []
-        self.endpoint: str | None = None
-        self.breaker_before: str | None = None
-        self.bulkhead_wait = 0.0
-        self.fallback: str | None = None
-        self.outcome: str = "success"
-        self.status_code: int | None = None
-        self.retry_stopped: str | None = None
-        self.deadline_at: float | None = None
-        self.deadline_remaining: float | None = None
-        self.next_route = 0
-        self.free_resends = 0
-        self.frame: Frame | None = None
-        #: The ambient (inbound) deadline, not Timeouts.total, bounds the call.
-        self.ambient_bound = False
-
-    def stopped(self, reason: str | None) -> None:
-        self.retry_stopped = None if reason is None or reason in _UNREPORTED else reason
+__all__ = ["FrontEnd", "admit", "deadline_of", "queue_for_slot", "run_attempt", "run_call"]
 
 
 class FrontEnd(Protocol):
-    """What a front end supplies to the engine (see ``_guard`` and ``_http``).
+    """What a front end supplies to the engine (see ``_guard`` and ``_transport``).
 
     The engine decides; the front end does the I/O of an attempt and judges
     what came back. ``answer`` and ``fail`` end the call: they return the
@@ -221,19 +66,23 @@ class FrontEnd(Protocol):
 
     def routes(self, call: Any) -> Sequence[Route]: ...
 
-    async def send(self, call: Any, route: Route, limit: float | None) -> Any: ...
+    def hedgeable(self, call: Any) -> bool: ...
 
-    def cut(self, call: Any, by_deadline: bool, limit: float) -> Exception: ...
+    async def send(self, call: Any, attempt: Attempt, limit: float | None) -> Any: ...
 
-    def judge_result(self, call: Any, result: Any, route: Route) -> tuple[Decision, bool]: ...
+    def cut(self, call: Any, attempt: Attempt, by_deadline: bool) -> Exception: ...
 
-    def judge_error(self, call: Any, exc: Exception) -> Decision: ...
+    def judge_result(self, call: Any, attempt: Attempt, result: Any) -> tuple[Decision, bool]: ...
+
+    def judge_error(self, call: Any, attempt: Attempt, exc: Exception) -> Decision: ...
+
+    def abandon(self, call: Any, attempt: Attempt) -> None: ...
 
     def keep_slot(self, result: Any, held: Any) -> bool: ...
 
     async def retain(self, result: Any) -> Any: ...
 
-    def discard(self, result: Any) -> None: ...
+    async def discard(self, result: Any) -> None: ...
 
     async def answer(self, call: Any, result: Any, stopped: str | None) -> Any: ...
 
@@ -264,29 +113,39 @@ async def run_call(fe: FrontEnd, call: Call) -> Any:
             await rt.limiter.acquire(None if deadline_at is None else deadline_at - clock.now())
         except RejectedError as exc:
             return await fe.fail(call, exc, None, None)
-    call.frame = frame = Frame(_frame.get())
-    token = _frame.set(frame)
+    frames = current_frame()
+    call.frame = frame = Frame(frames.get())
+    token = frames.set(frame)
     try:
         return await _loop(fe, call, rt, deadline_at)
     finally:
-        _frame.reset(token)
+        frames.reset(token)
 
 
 async def _loop(fe: FrontEnd, call: Call, rt: Runtime, deadline_at: float | None) -> Any:
     last: Any = None
     last_error: Exception | None = None
-    retry_cfg = rt.policy.retry
+    policy = rt.policy
+    retry_cfg = policy.retry
+    hedge = policy.hedge if policy.hedge is not None and fe.hedgeable(call) else None
+    if hedge is not None:
+        call.roles = []
     frame = call.frame
     while True:
-        admitted = await _admit(fe, call, rt, deadline_at)
+        admitted = await admit(fe, call, rt, deadline_at)
         if isinstance(admitted, SeawallError):
             if last_error is not None and admitted.__cause__ is None:
                 admitted.__cause__ = last_error
             return await fe.fail(call, admitted, admitted.reason, last)
         if last is not None:
-            fe.discard(last)
+            await fe.discard(last)
             last = None
-        result, error, decision = await _attempt(fe, call, rt, *admitted, deadline_at)
+        if hedge is None:
+            result, error, decision = await run_attempt(fe, call, rt, admitted, deadline_at)
+        else:
+            from ._hedge import hedged_round
+
+            result, error, decision = await hedged_round(fe, call, rt, admitted, deadline_at, hedge)
         act = decision.act
         if isinstance(error, DeadlineExceededError) and error.__cause__ is None:
             error.__cause__ = last_error  # what the call was retrying when time ran out
@@ -335,10 +194,14 @@ def _next_wait(
     return delay
 
 
-async def _admit(
-    fe: FrontEnd, call: Call, rt: Runtime, deadline_at: float | None
-) -> tuple[Route, int, object | None] | SeawallError:
-    """Admit the next attempt: time left, a route whose breaker admits it, a bulkhead slot."""
+async def admit(
+    fe: FrontEnd, call: Call, rt: Runtime, deadline_at: float | None, *, hedge: bool = False
+) -> Attempt | SeawallError:
+    """Admit the next attempt: time left, a route whose breaker admits it, a bulkhead slot.
+
+    A hedge never waits: without a free slot, or refused by every breaker, or by
+    the retry budget, it is refused (``BulkheadFullError``/``CircuitOpenError``).
+    """
     clock = rt.clock
     if deadline_at is not None and deadline_at - clock.now() <= 0:
         return DeadlineExceededError(
@@ -376,6 +239,8 @@ async def _admit(
         slot = bulkhead.try_acquire()
         if slot is None:
             try:
+                if hedge:
+                    raise bulkhead.rejection()
                 slot = await queue_for_slot(call, rt, deadline_at)
             except BaseException as exc:
                 if permit >= 0:
@@ -383,12 +248,24 @@ async def _admit(
                 if isinstance(exc, SeawallError):
                     return exc
                 raise
-    if call.attempts == 0 and rt.budget is not None:
+    budget = rt.budget
+    if hedge and budget is not None and not budget.try_spend():
+        # Hedges spend the retry budget: a slow dependency cannot double our load.
+        if slot is not None:
+            bulkhead.release(slot)  # type: ignore[union-attr]
+        if permit >= 0:
+            route.breaker.release(permit)  # type: ignore[union-attr]
+        return BulkheadFullError(f"retry budget of {rt.name!r} refused a hedge", dependency=rt.name)
+    if call.attempts == 0 and budget is not None:
         # The budget counts calls that reached the dependency: one refused
         # outright earns no retries.
-        rt.budget.record_call()
+        budget.record_call()
     call.attempts += 1
-    return route, permit, slot
+    attempt = Attempt(route, permit, slot, call.attempts)
+    if call.roles is not None:
+        attempt.hedge = hedge
+        call.roles.append("hedge" if hedge else "first" if call.attempts == 1 else "retry")
+    return attempt
 
 
 async def queue_for_slot(call: Call, rt: Runtime, deadline_at: float | None) -> object:
@@ -416,14 +293,8 @@ async def queue_for_slot(call: Call, rt: Runtime, deadline_at: float | None) -> 
     return slot
 
 
-async def _attempt(
-    fe: FrontEnd,
-    call: Call,
-    rt: Runtime,
-    route: Route,
-    permit: int,
-    slot: object | None,
-    deadline_at: float | None,
+async def run_attempt(
+    fe: FrontEnd, call: Call, rt: Runtime, attempt: Attempt, deadline_at: float | None
 ) -> tuple[Any, Exception | None, Decision]:
     """One attempt under its timeout; the breaker and the bulkhead settled, whatever happens."""
     clock = rt.clock
@@ -433,25 +304,29 @@ async def _attempt(
         left = deadline_at - clock.now()
         if limit is None or left < limit:
             limit, by_deadline = left, True
-    breaker = route.breaker
-    t0 = clock.now()
+    breaker = attempt.route.breaker
+    permit = attempt.permit
+    slot = attempt.slot
+    t0 = attempt.t0 = clock.now()
     result: Any = None
     error: Exception | None = None
     try:
         if limit is None:
-            result = await fe.send(call, route, None)
+            result = await fe.send(call, attempt, None)
         else:
             with attempt_scope(limit) as scope:
-                result = await fe.send(call, route, limit)
+                result = await fe.send(call, attempt, limit)
             if scope.cancelled_caught:
                 result = None
-                error = fe.cut(call, by_deadline, limit)
+                error = fe.cut(call, attempt, by_deadline)
                 if by_deadline and call.ambient_bound and limit < FAIR_CHANCE:
                     setattr(error, NEUTRAL_ATTR, True)
     except Exception as exc:
         error = exc
     except BaseException:
-        # Cancelled by the caller: neutral to the breaker; slot and permit go back.
+        # Cancelled by the caller (or a hedge that lost): neutral to the
+        # breaker; the slot and the permit go back.
+        fe.abandon(call, attempt)
         if slot is not None:
             rt.bulkhead.release(slot)  # type: ignore[union-attr]
         if permit >= 0:
@@ -460,15 +335,18 @@ async def _attempt(
     duration = clock.now() - t0
     verdict: bool | None
     if error is None:
-        decision, verdict = fe.judge_result(call, result, route)
+        decision, verdict = fe.judge_result(call, attempt, result)
     else:
-        decision = fe.judge_error(call, error)
+        decision = fe.judge_error(call, attempt, error)
         verdict = _error_verdict(rt, error)
     if permit >= 0:
         if verdict is None:
             breaker.release(permit)  # type: ignore[union-attr]
         else:
             breaker.record(permit, duration, verdict)  # type: ignore[union-attr]
+    latency = rt.latency
+    if latency is not None and error is None:
+        latency.observe(duration)
     if slot is not None:
         bulkhead = rt.bulkhead
         assert bulkhead is not None
@@ -478,22 +356,6 @@ async def _attempt(
         if not (decision.act is Act.ANSWER and fe.keep_slot(result, (bulkhead, slot))):
             bulkhead.release(slot)
     return result, error, decision
-
-
-#: Front ends set this attribute on an error that says nothing of the
-#: upstream's health (the request itself was wrong, or the caller's deadline
-#: gave the attempt no fair chance): the breaker counts it as neither.
-NEUTRAL_ATTR = "_seawall_neutral"
-
-#: An attempt cut by the call's deadline (not by its own attempt timeout) is
-#: evidence against the dependency only if it had at least this long: a caller
-#: that sends a 1 ms deadline must not open the breaker for everyone.
-FAIR_CHANCE = 0.25
-
-
-def is_timeout(exc: BaseException) -> bool:
-    """A timeout of any kind: ours, the built-in one, or httpx's/httpx2's ``*Timeout``."""
-    return isinstance(exc, TimeoutError) or type(exc).__name__.endswith("Timeout")
 
 
 def _error_verdict(rt: Runtime, exc: Exception) -> bool | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._engine import Stop
+from ._decision import Stop
 from ._exceptions import SeawallError
 from ._http import IDEMPOTENT_METHODS
 from ._report import Outcome, attach

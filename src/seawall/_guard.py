@@ -28,18 +28,8 @@ from ._breaker import Breaker
 from ._bulkhead import BulkheadHandle
 from ._clock import Clock
 from ._config import Policy
-from ._engine import (
-    ANSWER,
-    Call,
-    Decision,
-    Route,
-    Stop,
-    deadline_of,
-    queue_for_slot,
-    retry,
-    run_call,
-    stop,
-)
+from ._decision import ANSWER, Attempt, Call, Decision, Route, Stop, retry, stop
+from ._engine import deadline_of, queue_for_slot, run_call
 from ._exceptions import DeadlineExceededError, OutcomeUnknownError, RejectedError, SeawallError
 from ._registry import Registry, default_registry
 from ._report import CallReport, Outcome, RetryReason, attach, report_of
@@ -192,30 +182,37 @@ class Guard:
             routes = self._routes = (Route(self._rt.breaker),)
         return routes
 
-    async def send(self, call: _GuardCall, route: Route, limit: float | None) -> Any:
+    def hedgeable(self, call: Call) -> bool:
+        # A policy with a Hedge says its calls may run twice at once.
+        return True
+
+    async def send(self, call: _GuardCall, attempt: Attempt, limit: float | None) -> Any:
         return await call.fn(*call.args, **call.kwargs)
 
-    def cut(self, call: Call, by_deadline: bool, limit: float) -> Exception:
+    def cut(self, call: Call, attempt: Attempt, by_deadline: bool) -> Exception:
         rt = self._rt
         if by_deadline:
             return DeadlineExceededError(
-                f"deadline of {rt.name!r} ran out during attempt {call.attempts}",
+                f"deadline of {rt.name!r} ran out during attempt {attempt.index}",
                 dependency=rt.name,
             )
         return TimeoutError(
-            f"attempt {call.attempts} of {rt.name!r} took longer than "
+            f"attempt {attempt.index} of {rt.name!r} took longer than "
             f"{rt.policy.timeouts.attempt} s"
         )
 
-    def judge_result(self, call: Call, result: Any, route: Route) -> tuple[Decision, bool]:
+    def judge_result(self, call: Call, attempt: Attempt, result: Any) -> tuple[Decision, bool]:
         return ANSWER, False
 
-    def judge_error(self, call: Call, exc: Exception) -> Decision:
+    def judge_error(self, call: Call, attempt: Attempt, exc: Exception) -> Decision:
         # Seawall's own errors are never retried: a refusal, a deadline, an
         # outcome unknown (an inner call may have acted) are final.
         if isinstance(exc, SeawallError) or not self._rt.retry_on(exc):
             return stop(Stop.NOT_RETRYABLE)
         return retry(_retry_reason(exc))
+
+    def abandon(self, call: Call, attempt: Attempt) -> None:
+        return None
 
     def keep_slot(self, result: Any, slot: Any) -> bool:
         return False
@@ -223,7 +220,7 @@ class Guard:
     async def retain(self, result: Any) -> Any:
         return None
 
-    def discard(self, result: Any) -> None:
+    async def discard(self, result: Any) -> None:
         return None
 
     async def answer(self, call: Call, result: Any, stopped: str | None) -> Any:

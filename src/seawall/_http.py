@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from ._breaker import Breaker
-from ._engine import Route
+from ._decision import Route
 from ._report import Outcome, RetryReason
 
 __all__ = [

@@ -92,10 +92,18 @@ class CallReport:
     timeouts: Any = None
     deadline_remaining: float | None = None
     retry_stopped: str | None = None
+    #: With a Hedge in the policy: each attempt's role ("first", "hedge",
+    #: "retry"), in the order they were sent, and the 1-based index of the
+    #: one whose answer won (None when none did).
+    roles: tuple[str, ...] = ()
+    winner: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         timeouts = self.timeouts
-        return {
+        extra: dict[str, Any] = (
+            {"roles": list(self.roles), "winner": self.winner} if self.roles else {}
+        )
+        return extra | {
             "dependency": self.dependency,
             "endpoint": self.endpoint,
             "method": self.method,

@@ -11,6 +11,7 @@ from ._bulkhead import BulkheadHandle
 from ._cache import ResponseCache
 from ._clock import Clock
 from ._config import ErrorMatcher, Policy
+from ._latency import LatencyEstimate
 from ._ratelimit import RateLimiter
 from ._report import CallReport
 from ._retry import BudgetTracker
@@ -51,6 +52,7 @@ class Runtime:
         "endpoint_breakers",
         "endpoints",
         "ignore_on",
+        "latency",
         "limiter",
         "name",
         "policy",
@@ -81,7 +83,9 @@ class Runtime:
         self.record_on = matcher(cfg.record_on) if cfg else matcher(())
         self.ignore_on = matcher(cfg.ignore_on) if cfg else matcher(())
         self.bulkhead = (
-            BulkheadHandle(policy.bulkhead, dependency=name) if policy.bulkhead else None
+            BulkheadHandle(policy.bulkhead, dependency=name, clock=clock)
+            if policy.bulkhead
+            else None
         )
         self.limiter = (
             RateLimiter(policy.rate_limit, clock=clock, dependency=name)
@@ -98,6 +102,11 @@ class Runtime:
             )
             if fallback is not None and fallback.stale_if_error is not None
             else None
+        )
+        hedge = policy.hedge
+        #: Recent attempt latencies, for a hedge delay taken from them.
+        self.latency = (
+            LatencyEstimate(0.95) if hedge is not None and hedge.delay_from == "p95" else None
         )
         #: The transports serving this dependency (for pool gauges).
         self.transports: weakref.WeakSet[TransportCore] = weakref.WeakSet()
@@ -129,6 +138,8 @@ class Runtime:
             self.budget = fresh.budget
         if policy.fallback != old.fallback:
             self.cache = fresh.cache
+        if policy.hedge != old.hedge:
+            self.latency = fresh.latency
         self.retry_on = fresh.retry_on
         self.endpoints = fresh.endpoints
         self.policy = policy

@@ -24,9 +24,10 @@ from ._clock import MONOTONIC, Clock
 from ._compat import expire_connection, pool_connections, replayable
 from ._config import Policy
 from ._deadline import forward_header
-from ._engine import (
+from ._decision import (
     ANSWER,
     NEUTRAL_ATTR,
+    Attempt,
     Call,
     Decision,
     Route,
@@ -34,9 +35,9 @@ from ._engine import (
     mark_unsafe,
     resend,
     retry,
-    run_call,
     stop,
 )
+from ._engine import run_call
 from ._exceptions import DeadlineExceededError, OutcomeUnknownError, SeawallError
 from ._fallback import fail_call, finish_response
 from ._http import IDEMPOTENT_METHODS, Endpoint, Flavor, SendProgress, idempotency_key_of, origin_of
@@ -48,6 +49,9 @@ from .telemetry._otel import RETRY_MARKERS, log_call, note_double_retry, start_c
 __all__ = ["IDEMPOTENT_METHODS", "AttemptTimeout", "ResilientTransport"]
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+#: How far past the deadline httpx's own phase timeouts are capped (seconds).
+_DEADLINE_MARGIN = 0.05
 
 
 class AttemptTimeout(httpx.ReadTimeout, TimeoutError):
@@ -73,10 +77,7 @@ class HttpCall(Call):
         "routes",
         "safe_after_send",
         "sent_unanswered",
-        "span",
         "streaming",
-        "t0",
-        "target",
         "their_trace",
         "unknown",
     )
@@ -88,10 +89,7 @@ class HttpCall(Call):
     routes: Sequence[Route]
     safe_after_send: bool
     sent_unanswered: bool
-    span: Any
     streaming: bool
-    t0: float
-    target: Any
     their_trace: Any
     unknown: bool
 
@@ -211,8 +209,6 @@ class TransportCore:
                 progress = call.progress
                 if progress is None or progress.sent:
                     mark_unsafe()
-            if call.span is not None:
-                call.span.end()
             report = report_of(exc)
             if tel is not None:
                 tel.finished(report, request.url, exc)
@@ -240,7 +236,7 @@ class TransportCore:
         key = extensions.get("idempotency_key")
         if key is not None and str(key).strip() and self._key_headers[0] not in request.headers:
             request.headers[self._key_headers[0]] = str(key)
-        call.request = call.target = request
+        call.request = request
         headers = request.headers
         for marker in RETRY_MARKERS:
             resent = headers.get(marker)
@@ -255,8 +251,7 @@ class TransportCore:
         call.streaming = bool(extensions.get("seawall.stream", True))
         call.their_trace = extensions.get("trace")
         call.base_timeouts = self._phase_timeouts(extensions.get("timeout"))
-        call.span = call.progress = None
-        call.t0 = call.start
+        call.progress = None
         call.in_flight_unsafe = call.sent_unanswered = call.unknown = False
         endpoints = self._endpoints
         source = None
@@ -278,29 +273,37 @@ class TransportCore:
     def routes(self, call: HttpCall) -> Sequence[Route]:
         return call.routes
 
-    async def send(self, call: HttpCall, route: Route, limit: float | None) -> Any:
+    def hedgeable(self, call: HttpCall) -> bool:
+        # Never a keyless POST or PATCH, never a streamed request body.
+        return call.safe_after_send and call.replayable
+
+    async def send(self, call: HttpCall, attempt: Attempt, limit: float | None) -> Any:
         request = call.request
-        target = call.target = (
+        route = attempt.route
+        target = attempt.target = (
             self._retarget(request, route) if isinstance(route, Endpoint) else request
         )
+        if attempt.hedge and target is request:
+            target = attempt.target = self._copy(request)  # its own extensions and headers
         left = None
         if call.deadline_at is not None:
             left = call.deadline_at - self._rt.clock.now()
         self._apply_timeouts(target, call.base_timeouts, left)
         if self._rt.policy.forward_deadline and left is not None:
             target.headers[forward_header.get()] = f"{max(0.0, left):.3f}"
-        if call.attempts > 1:
-            target.extensions["seawall.resend_count"] = call.attempts - 1
+        if attempt.index > 1:
+            target.extensions["seawall.resend_count"] = attempt.index - 1
         if not call.safe_after_send:
             call.in_flight_unsafe = True
         if self._traced:
             # Whether a cut request had left decides its fate; whether a
             # failed one had reused a pooled connection says if it was stale.
-            call.progress = target.extensions["trace"] = SendProgress(call.their_trace)
+            attempt.progress = call.progress = target.extensions["trace"] = SendProgress(
+                call.their_trace
+            )
         tel = call.tel
         if tel is not None:
-            call.span = tel.attempt_started(target, call.attempts - 1)
-            call.t0 = self._rt.clock.now()
+            attempt.span = tel.attempt_started(target, attempt.index - 1, attempt.hedge)
         response: Any = await self._inner.handle_async_request(target)
         if not call.streaming:
             response = await self._flavor.buffered(response)
@@ -310,41 +313,43 @@ class TransportCore:
         call.in_flight_unsafe = False
         return response
 
-    def _settle_attempt(self, call: HttpCall) -> None:
-        if call.progress is not None:  # the request's own hook (if any) goes back
+    def _settle_attempt(self, call: HttpCall, attempt: Attempt) -> None:
+        if attempt.progress is not None:  # the request's own hook (if any) goes back
             if call.their_trace is None:
-                call.target.extensions.pop("trace", None)
+                attempt.target.extensions.pop("trace", None)
             else:
-                call.target.extensions["trace"] = call.their_trace
+                attempt.target.extensions["trace"] = call.their_trace
 
-    def cut(self, call: HttpCall, by_deadline: bool, limit: float) -> Exception:
+    def cut(self, call: HttpCall, attempt: Attempt, by_deadline: bool) -> Exception:
         rt = self._rt
         if by_deadline:
             return DeadlineExceededError(
-                f"deadline of {rt.name!r} ran out during attempt {call.attempts}",
+                f"deadline of {rt.name!r} ran out during attempt {attempt.index}",
                 dependency=rt.name,
             )
         error: Exception = self._flavor.attempt_timeout(
-            f"attempt {call.attempts} to {rt.name!r} took longer than "
+            f"attempt {attempt.index} to {rt.name!r} took longer than "
             f"{rt.policy.timeouts.attempt} s",
-            request=call.target,
+            request=attempt.target,
         )
         return error
 
-    def judge_result(self, call: HttpCall, response: Any, route: Route) -> tuple[Decision, bool]:
-        self._settle_attempt(call)
+    def judge_result(
+        self, call: HttpCall, attempt: Attempt, response: Any
+    ) -> tuple[Decision, bool]:
+        self._settle_attempt(call, attempt)
         status = call.status_code = response.status_code
         if call.tel is not None:
             call.tel.attempt_ended(
-                call.span,
-                call.target,
-                self._rt.clock.now() - call.t0,
+                attempt.span,
+                attempt.target,
+                self._rt.clock.now() - attempt.t0,
                 Outcome.SUCCESS if status < 400 else Outcome.HTTP_ERROR,
                 status,
                 str(status) if status >= 400 else None,
             )
-            call.span = None
-        breaker = route.breaker
+            attempt.span = None
+        breaker = attempt.route.breaker
         failed = breaker is not None and status in breaker.config.failure_statuses
         retry_cfg = self._rt.policy.retry
         if retry_cfg is None or status not in retry_cfg.retry_statuses:
@@ -356,27 +361,27 @@ class TransportCore:
         wait = parse_retry_after(response.headers.get("retry-after"))
         return retry(f"status_{status}", wait), failed
 
-    def judge_error(self, call: HttpCall, exc: Exception) -> Decision:
-        self._settle_attempt(call)
+    def judge_error(self, call: HttpCall, attempt: Attempt, exc: Exception) -> Decision:
+        self._settle_attempt(call, attempt)
         outcome: str
         if isinstance(exc, DeadlineExceededError):
             outcome, reason, sent = Outcome.DEADLINE_EXCEEDED, "deadline", True
         else:
             outcome, reason, sent = self._flavor.classify(exc)
-        progress = call.progress
+        progress = attempt.progress
         if progress is not None and not progress.sent:
             sent = False  # cut while waiting for a connection: it never left
         call.in_flight_unsafe = False
         if call.tel is not None:
             call.tel.attempt_ended(
-                call.span,
-                call.target,
-                self._rt.clock.now() - call.t0,
+                attempt.span,
+                attempt.target,
+                self._rt.clock.now() - attempt.t0,
                 outcome,
                 None,
                 type(exc).__qualname__,
             )
-            call.span = None
+            attempt.span = None
         if outcome == Outcome.ERROR:
             if isinstance(exc, self._flavor.our_mistake):
                 setattr(exc, NEUTRAL_ATTR, True)  # says nothing of the upstream's health
@@ -404,6 +409,13 @@ class TransportCore:
             return stop(Stop.UNREPLAYABLE_BODY)
         return retry(reason)
 
+    def abandon(self, call: HttpCall, attempt: Attempt) -> None:
+        self._settle_attempt(call, attempt)
+        if attempt.span is not None:  # cancelled: the caller's doing, or a hedge that lost
+            attempt.span.set_attribute("seawall.cancelled", True)
+            attempt.span.end()
+            attempt.span = None
+
     def keep_slot(self, response: Any, held: Any) -> bool:
         if "seawall.body" in response.extensions:
             return False  # read already: the slot is free to go
@@ -418,8 +430,8 @@ class TransportCore:
         await response.aclose()
         return None
 
-    def discard(self, response: Any) -> None:
-        return None
+    async def discard(self, response: Any) -> None:
+        await response.aclose()
 
     async def answer(self, call: HttpCall, response: Any, stopped: str | None) -> Any:
         answer: Any = await finish_response(self, call, response, stopped)
@@ -452,6 +464,8 @@ class TransportCore:
             timeouts=rt.policy.timeouts,
             deadline_remaining=call.deadline_remaining,
             retry_stopped=call.retry_stopped,
+            roles=() if call.roles is None else tuple(call.roles),
+            winner=call.winner,
         )
 
     def unknown_error(self, call: HttpCall, cause: BaseException) -> OutcomeUnknownError:
@@ -485,15 +499,21 @@ class TransportCore:
 
     @staticmethod
     def _apply_timeouts(request: Any, base: dict[str, Any], left: float | None) -> None:
-        """Cap httpx's per-phase timeouts by the policy and by the time left."""
+        """Cap httpx's per-phase timeouts by the policy and by the time left.
+
+        Capped a little past the time left: the engine's cut at the deadline
+        must be the one that fires (a DeadlineExceededError, not whichever
+        phase timeout raced it), and a phase never outlives the call.
+        """
         if left is None:
             request.extensions["timeout"] = base
             return
+        cap = max(left, 0.0) + _DEADLINE_MARGIN
         timeouts = {}
         for phase in ("connect", "read", "write", "pool"):
             value = base.get(phase)
-            if value is None or value > left:
-                value = max(left, 0.001)
+            if value is None or value > cap:
+                value = cap
             timeouts[phase] = value
         request.extensions["timeout"] = timeouts
 
@@ -508,6 +528,16 @@ class TransportCore:
                     seconds = max(0.0, int(number) - 0.5)
                     expire_connection(self._inner, stream, seconds)
                 return
+
+    def _copy(self, request: Any) -> Any:
+        """A twin of *request* for a hedge in flight beside it (same body, own state)."""
+        return self._flavor.x.Request(
+            request.method,
+            request.url,
+            headers=request.headers.copy(),
+            content=request.content,
+            extensions=dict(request.extensions),
+        )
 
     def _retarget(self, request: Any, endpoint: Endpoint) -> Any:
         """*request* sent to *endpoint*: with that endpoint's credentials, never another's."""

@@ -50,7 +50,8 @@ async def test_total_caps_each_phase_by_the_time_left(
         response = await client.get("/x")
     phases = response.request.extensions["timeout"]
     assert set(phases) == {"connect", "read", "write", "pool"}
-    assert all(0 < value <= 1.0 for value in phases.values())
+    # Capped just past the time left (the engine's deadline cut must fire first).
+    assert all(0 < value <= 1.0 + 0.05 for value in phases.values())
     assert seawall.report_of(response).deadline_remaining == 1.0  # type: ignore[union-attr]
 
 

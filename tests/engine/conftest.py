@@ -20,3 +20,17 @@ def upstream(_server: FaultyUpstream) -> Iterator[FaultyUpstream]:
     _server.reset()
     yield _server
     _server.reset()
+
+
+@pytest.fixture(scope="session")
+def _server_b() -> Iterator[FaultyUpstream]:
+    with FaultyUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def upstream_b(_server_b: FaultyUpstream) -> Iterator[FaultyUpstream]:
+    """A second, independent server (for redundant endpoints)."""
+    _server_b.reset()
+    yield _server_b
+    _server_b.reset()

@@ -183,6 +183,11 @@ class _Engine:
         self.retries = meter.create_counter(
             "seawall.retries", unit="{retry}", description="Retries by reason."
         )
+        self.hedges = meter.create_counter(
+            "seawall.hedges",
+            unit="{request}",
+            description="Hedged requests sent, and hedges whose answer won (seawall.hedge.result).",
+        )
         self.double_retries = meter.create_counter(
             "seawall.double_retries",
             unit="{request}",
@@ -233,6 +238,9 @@ class _Engine:
 def _build_attrs(key: tuple[object, ...]) -> dict[str, Any]:
     # Methods arrive normalized (``_OTHER``): the cache stays bounded too.
     kind = key[0]
+    if kind == "hedge":
+        _, dependency, result = key
+        return {"seawall.dependency": dependency, "seawall.hedge.result": result}
     if kind == "span":
         _, dependency, method = key
         if method is None:  # a guard call
@@ -464,7 +472,17 @@ class CallTelemetry:
 
     # attempts
 
-    def attempt_started(self, request: httpx.Request, resend_count: int) -> trace.Span | None:
+    def hedge_sent(self) -> None:
+        if self._metrics:
+            _engine.hedges.add(1, _engine.attrs("hedge", self._dependency, "sent"))
+
+    def hedge_won(self) -> None:
+        if self._metrics:
+            _engine.hedges.add(1, _engine.attrs("hedge", self._dependency, "won"))
+
+    def attempt_started(
+        self, request: httpx.Request, resend_count: int, hedge: bool = False
+    ) -> trace.Span | None:
         if not self._attempt_spans:
             if self._span is not None:
                 propagate.inject(request.headers)
@@ -481,6 +499,8 @@ class CallTelemetry:
             attrs["http.request.method_original"] = original
         if resend_count:
             attrs["http.request.resend_count"] = resend_count
+        if hedge:
+            attrs["seawall.hedge"] = True
         span = self._tracer.start_span(  # type: ignore[union-attr]
             "HTTP" if original else method, kind=SpanKind.CLIENT, attributes=attrs
         )
