@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from ._breaker import Breaker
 from ._deadline import _current as _ambient
 from ._decision import (
     FAIR_CHANCE,
@@ -162,7 +163,7 @@ async def _loop(fe: FrontEnd, call: Call, rt: Runtime, deadline_at: float | None
             if error is None:
                 return await fe.answer(call, result, why)
             return await fe.fail(call, error, why, None)
-        reason: str = decision.reason  # type: ignore[assignment]
+        reason = str(decision.reason)
         call.retries.append(reason)
         if call.tel is not None:
             call.tel.retry(reason, call.attempts, wait)
@@ -225,7 +226,7 @@ async def admit(
             rejection = exc
             continue
         if call.breaker_before is None:
-            call.breaker_before = breaker._state.value
+            call.breaker_before = breaker.state.value
         break
     if rejection is not None:
         return rejection
@@ -243,18 +244,16 @@ async def admit(
                     raise bulkhead.rejection()
                 slot = await queue_for_slot(call, rt, deadline_at)
             except BaseException as exc:
-                if permit >= 0:
-                    route.breaker.release(permit)  # type: ignore[union-attr]
+                _neutral(route.breaker, permit)
                 if isinstance(exc, SeawallError):
                     return exc
                 raise
     budget = rt.budget
     if hedge and budget is not None and not budget.try_spend():
         # Hedges spend the retry budget: a slow dependency cannot double our load.
-        if slot is not None:
-            bulkhead.release(slot)  # type: ignore[union-attr]
-        if permit >= 0:
-            route.breaker.release(permit)  # type: ignore[union-attr]
+        if bulkhead is not None and slot is not None:
+            bulkhead.release(slot)
+        _neutral(route.breaker, permit)
         return BulkheadFullError(f"retry budget of {rt.name!r} refused a hedge", dependency=rt.name)
     if call.attempts == 0 and budget is not None:
         # The budget counts calls that reached the dependency: one refused
@@ -327,10 +326,9 @@ async def run_attempt(
         # Cancelled by the caller (or a hedge that lost): neutral to the
         # breaker; the slot and the permit go back.
         fe.abandon(call, attempt)
-        if slot is not None:
-            rt.bulkhead.release(slot)  # type: ignore[union-attr]
-        if permit >= 0:
-            breaker.release(permit)  # type: ignore[union-attr]
+        if slot is not None and rt.bulkhead is not None:
+            rt.bulkhead.release(slot)
+        _neutral(breaker, permit)
         raise
     duration = clock.now() - t0
     verdict: bool | None
@@ -339,11 +337,10 @@ async def run_attempt(
     else:
         decision = fe.judge_error(call, attempt, error)
         verdict = _error_verdict(rt, error)
-    if permit >= 0:
-        if verdict is None:
-            breaker.release(permit)  # type: ignore[union-attr]
-        else:
-            breaker.record(permit, duration, verdict)  # type: ignore[union-attr]
+    if verdict is None:
+        _neutral(breaker, permit)
+    elif breaker is not None and permit >= 0:
+        breaker.record(permit, duration, verdict)
     latency = rt.latency
     if latency is not None and error is None:
         latency.observe(duration)
@@ -356,6 +353,12 @@ async def run_attempt(
         if not (decision.act is Act.ANSWER and fe.keep_slot(result, (bulkhead, slot))):
             bulkhead.release(slot)
     return result, error, decision
+
+
+def _neutral(breaker: Breaker | None, permit: int) -> None:
+    """Give a permit back without an outcome (a cancellation, a refusal, an ignored error)."""
+    if breaker is not None and permit >= 0:
+        breaker.release(permit)
 
 
 def _error_verdict(rt: Runtime, exc: Exception) -> bool | None:

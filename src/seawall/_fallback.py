@@ -74,7 +74,7 @@ async def fail_call(
     if isinstance(error, SeawallError):
         call.outcome = error.reason
     else:
-        outcome = fe._flavor.classify(error)[0]
+        outcome = fe.flavor.classify(error)[0]
         if outcome == Outcome.ERROR:
             # Not an HTTP failure (a bug, an invalid URL): no fallback.
             call.outcome = outcome
@@ -102,7 +102,7 @@ def fallback_response(fe: TransportCore, call: HttpCall, error: Any, response: A
     if rt.cache is not None and request.method == "GET":
         answer = rt.cache.lookup(request, fallback.stale_if_error)  # type: ignore[arg-type]
         if answer is not None:
-            answer = fe._flavor.adopt(answer, request)
+            answer = fe.flavor.adopt(answer, request)
             call.fallback = "cache"
     if (
         answer is None
@@ -110,7 +110,7 @@ def fallback_response(fe: TransportCore, call: HttpCall, error: Any, response: A
         and request.method in fallback.default_methods
     ):
         default: Any = fallback.default
-        flavor = fe._flavor
+        flavor = fe.flavor
         response_class: Any = flavor.x.Response
         if isinstance(default, response_class):
             answer = flavor.unread(default, request)

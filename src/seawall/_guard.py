@@ -61,7 +61,7 @@ def guard(
     ``await g.call(fn, *args)``, or as ``async with g:`` (every layer but retry).
     """
     reg = registry if registry is not None else default_registry()
-    return Guard(reg._runtime(dependency, policy, clock))
+    return Guard(reg.runtime_for(dependency, policy, clock))
 
 
 def _retry_reason(exc: BaseException) -> str:
@@ -262,7 +262,7 @@ class Guard:
             attempts=call.attempts,
             retries=tuple(call.retries),
             elapsed=rt.clock.now() - call.start,
-            breaker_state=rt.breaker._state.value if rt.breaker else None,
+            breaker_state=rt.breaker.state.value if rt.breaker else None,
             timeouts=rt.policy.timeouts,
             retry_stopped=call.retry_stopped,
             deadline_remaining=call.deadline_remaining,
@@ -275,7 +275,7 @@ class Guard:
             outcome=outcome,
             attempts=attempts,
             elapsed=rt.clock.now() - start,
-            breaker_state=rt.breaker._state.value if rt.breaker else None,
+            breaker_state=rt.breaker.state.value if rt.breaker else None,
             timeouts=rt.policy.timeouts,
         )
 

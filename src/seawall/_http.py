@@ -7,17 +7,24 @@ front end serves httpx and httpx2 (same API under another module name).
 
 from __future__ import annotations
 
+import base64
 import weakref
 from collections.abc import AsyncIterator, Callable
 from types import ModuleType
 from typing import Any
 
 from ._breaker import Breaker
+from ._compat import expire_connection, replayable
 from ._decision import Route
 from ._report import Outcome, RetryReason
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "apply_timeouts",
+    "copy_request",
+    "honour_keep_alive",
+    "phase_timeouts",
+    "retarget",
     "Endpoint",
     "Flavor",
     "SendProgress",
@@ -242,3 +249,93 @@ class Endpoint(Route):
         """*url* (under *source*) moved under this endpoint: path tail and query kept."""
         tail = url.raw_path[len(source.raw_path) :]
         return self.url.copy_with(raw_path=self.raw_path + tail)
+
+
+#: How far past the deadline httpx's own phase timeouts are capped (seconds).
+_DEADLINE_MARGIN = 0.05
+
+
+def phase_timeouts(
+    policy: dict[str, float | None], requested: dict[str, Any] | None
+) -> dict[str, float | None]:
+    """httpx's per-phase timeouts: the policy's, or the request's where it is shorter."""
+    if not requested:
+        return policy
+    merged: dict[str, float | None] = {}
+    for phase, ours in policy.items():
+        theirs = requested.get(phase)
+        merged[phase] = theirs if ours is None or (theirs is not None and theirs < ours) else ours
+    return merged
+
+
+def apply_timeouts(request: Any, base: dict[str, Any], left: float | None) -> None:
+    """Cap httpx's per-phase timeouts by the policy and by the time left.
+
+    Capped a little past the time left: the engine's cut at the deadline
+    must be the one that fires (a DeadlineExceededError, not whichever
+    phase timeout raced it), and a phase never outlives the call.
+    """
+    if left is None:
+        request.extensions["timeout"] = base
+        return
+    cap = max(left, 0.0) + _DEADLINE_MARGIN
+    timeouts = {}
+    for phase in ("connect", "read", "write", "pool"):
+        value = base.get(phase)
+        if value is None or value > cap:
+            value = cap
+        timeouts[phase] = value
+    request.extensions["timeout"] = timeouts
+
+
+def honour_keep_alive(inner: Any, value: str, response: Any) -> None:
+    """Expire the connection before the server's ``Keep-Alive: timeout=N`` does."""
+    for part in value.split(","):
+        name, _, number = part.strip().partition("=")
+        if name.strip().lower() == "timeout" and number.strip().isdigit():
+            stream = response.extensions.get("network_stream")
+            if stream is not None:
+                # A margin: the server's clock started when it sent the answer.
+                seconds = max(0.0, int(number) - 0.5)
+                expire_connection(inner, stream, seconds)
+            return
+
+
+def copy_request(x: ModuleType, request: Any) -> Any:
+    """A twin of *request* for a hedge in flight beside it (same body, own state)."""
+    return x.Request(
+        request.method,
+        request.url,
+        headers=request.headers.copy(),
+        content=request.content,
+        extensions=dict(request.extensions),
+    )
+
+
+def retarget(
+    x: ModuleType, endpoints: tuple[Endpoint, ...], request: Any, endpoint: Endpoint
+) -> Any:
+    """*request* sent to *endpoint*: with that endpoint's credentials, never another's."""
+    source = next((ep for ep in endpoints if ep.matches(request.url)), None)
+    if source is None or source is endpoint:
+        return request
+    url = endpoint.rebase(request.url, source)
+    headers = request.headers.copy()
+    headers["Host"] = endpoint.url.netloc.decode("ascii")
+    if source.origin != endpoint.origin or source.url.userinfo != endpoint.url.userinfo:
+        # As httpx does on a cross-origin redirect: credentials stay with
+        # the provider they were meant for.
+        headers.pop("Authorization", None)
+        if endpoint.url.userinfo:
+            credentials = f"{endpoint.url.username}:{endpoint.url.password}"
+            headers["Authorization"] = "Basic " + base64.b64encode(
+                credentials.encode("utf-8")
+            ).decode("ascii")
+    return x.Request(
+        request.method,
+        url.copy_with(username=None, password=None),
+        headers=headers,
+        content=request.content if replayable(request) else None,
+        stream=None if replayable(request) else request.stream,
+        extensions=dict(request.extensions),
+    )

@@ -230,10 +230,13 @@ class Registry:
         kept = transport if client is not None else None
         self._deps[spec.name] = _Dependency(spec, runtime, client, kept)
 
-    def _runtime(self, name: str, policy: Policy | None, clock: Clock | None) -> Runtime:
-        """Get or create the runtime of *name*; a conflicting policy or clock is an error."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"dependency: must be a non-empty string, got {name!r}")
+    def runtime_for(self, name: str, policy: Policy | None, clock: Clock | None) -> Runtime:
+        """The live runtime of *name* (``seawall.guard`` uses it), created on first use.
+
+        A conflicting policy or clock is a ValueError; a blank name a ConfigError.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError([f"dependency: must be a non-empty string, got {name!r}"])
         dep = self._deps.get(name)
         if dep is None:
             if policy is None:
@@ -273,7 +276,7 @@ class Registry:
         """A :class:`~seawall.Guard` for non-HTTP calls under *name*'s policy and state."""
         from ._guard import Guard
 
-        return Guard(self._runtime(name, policy, None))
+        return Guard(self.runtime_for(name, policy, None))
 
     def breaker(self, name: str) -> Breaker:
         """The breaker handle of *name* (LookupError if it has none of its own)."""

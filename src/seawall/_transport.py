@@ -13,7 +13,6 @@ OutcomeUnknownError: the upstream may have acted on it.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,37 +20,40 @@ import anyio
 import httpx
 
 from ._clock import MONOTONIC, Clock
-from ._compat import expire_connection, pool_connections, replayable
+from ._compat import pool_connections, replayable
 from ._config import Policy
 from ._deadline import forward_header
 from ._decision import (
-    ANSWER,
-    NEUTRAL_ATTR,
     Attempt,
     Call,
     Decision,
     Route,
-    Stop,
     mark_unsafe,
-    resend,
-    retry,
-    stop,
 )
 from ._engine import run_call
-from ._exceptions import DeadlineExceededError, OutcomeUnknownError, SeawallError
+from ._exceptions import DeadlineExceededError, OutcomeUnknownError
 from ._fallback import fail_call, finish_response
-from ._http import IDEMPOTENT_METHODS, Endpoint, Flavor, SendProgress, idempotency_key_of, origin_of
-from ._report import CallReport, Outcome, RetryReason, report_of
-from ._retry import parse_retry_after
+from ._http import (
+    IDEMPOTENT_METHODS,
+    Endpoint,
+    Flavor,
+    SendProgress,
+    apply_timeouts,
+    copy_request,
+    honour_keep_alive,
+    idempotency_key_of,
+    origin_of,
+    phase_timeouts,
+    retarget,
+)
+from ._http_judge import call_report, judge_failure, judge_response, unknown_outcome
+from ._report import CallReport, report_of
 from ._runtime import Runtime
 from .telemetry._otel import RETRY_MARKERS, log_call, note_double_retry, start_call
 
 __all__ = ["IDEMPOTENT_METHODS", "AttemptTimeout", "ResilientTransport"]
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-
-#: How far past the deadline httpx's own phase timeouts are capped (seconds).
-_DEADLINE_MARGIN = 0.05
 
 
 class AttemptTimeout(httpx.ReadTimeout, TimeoutError):
@@ -139,6 +141,14 @@ class TransportCore:
     @property
     def rt(self) -> Runtime:
         return self._rt
+
+    @property
+    def flavor(self) -> Flavor:
+        return self._flavor
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return self._endpoints
 
     @property
     def dependency(self) -> str:
@@ -250,7 +260,7 @@ class TransportCore:
         # AsyncClient might, so its responses are never buffered.
         call.streaming = bool(extensions.get("seawall.stream", True))
         call.their_trace = extensions.get("trace")
-        call.base_timeouts = self._phase_timeouts(extensions.get("timeout"))
+        call.base_timeouts = phase_timeouts(self._policy_phases, extensions.get("timeout"))
         call.progress = None
         call.in_flight_unsafe = call.sent_unanswered = call.unknown = False
         endpoints = self._endpoints
@@ -281,14 +291,18 @@ class TransportCore:
         request = call.request
         route = attempt.route
         target = attempt.target = (
-            self._retarget(request, route) if isinstance(route, Endpoint) else request
+            retarget(self._flavor.x, self._endpoints, request, route)
+            if isinstance(route, Endpoint)
+            else request
         )
         if attempt.hedge and target is request:
-            target = attempt.target = self._copy(request)  # its own extensions and headers
+            target = attempt.target = copy_request(
+                self._flavor.x, request
+            )  # its own extensions and headers
         left = None
         if call.deadline_at is not None:
             left = call.deadline_at - self._rt.clock.now()
-        self._apply_timeouts(target, call.base_timeouts, left)
+        apply_timeouts(target, call.base_timeouts, left)
         if self._rt.policy.forward_deadline and left is not None:
             target.headers[forward_header.get()] = f"{max(0.0, left):.3f}"
         if attempt.index > 1:
@@ -309,11 +323,11 @@ class TransportCore:
             response = await self._flavor.buffered(response)
             keep_alive = response.headers.get("keep-alive")
             if keep_alive is not None:
-                self._honour_keep_alive(keep_alive, response)
+                honour_keep_alive(self._inner, keep_alive, response)
         call.in_flight_unsafe = False
         return response
 
-    def _settle_attempt(self, call: HttpCall, attempt: Attempt) -> None:
+    def settle_attempt(self, call: HttpCall, attempt: Attempt) -> None:
         if attempt.progress is not None:  # the request's own hook (if any) goes back
             if call.their_trace is None:
                 attempt.target.extensions.pop("trace", None)
@@ -337,80 +351,13 @@ class TransportCore:
     def judge_result(
         self, call: HttpCall, attempt: Attempt, response: Any
     ) -> tuple[Decision, bool]:
-        self._settle_attempt(call, attempt)
-        status = call.status_code = response.status_code
-        if call.tel is not None:
-            call.tel.attempt_ended(
-                attempt.span,
-                attempt.target,
-                self._rt.clock.now() - attempt.t0,
-                Outcome.SUCCESS if status < 400 else Outcome.HTTP_ERROR,
-                status,
-                str(status) if status >= 400 else None,
-            )
-            attempt.span = None
-        breaker = attempt.route.breaker
-        failed = breaker is not None and status in breaker.config.failure_statuses
-        retry_cfg = self._rt.policy.retry
-        if retry_cfg is None or status not in retry_cfg.retry_statuses:
-            return ANSWER, failed
-        if status != 429 and not call.safe_after_send:
-            return stop(Stop.NOT_IDEMPOTENT), failed
-        if not call.replayable:
-            return stop(Stop.UNREPLAYABLE_BODY), failed
-        wait = parse_retry_after(response.headers.get("retry-after"))
-        return retry(f"status_{status}", wait), failed
+        return judge_response(self, call, attempt, response)
 
     def judge_error(self, call: HttpCall, attempt: Attempt, exc: Exception) -> Decision:
-        self._settle_attempt(call, attempt)
-        outcome: str
-        if isinstance(exc, DeadlineExceededError):
-            outcome, reason, sent = Outcome.DEADLINE_EXCEEDED, "deadline", True
-        else:
-            outcome, reason, sent = self._flavor.classify(exc)
-        progress = attempt.progress
-        if progress is not None and not progress.sent:
-            sent = False  # cut while waiting for a connection: it never left
-        call.in_flight_unsafe = False
-        if call.tel is not None:
-            call.tel.attempt_ended(
-                attempt.span,
-                attempt.target,
-                self._rt.clock.now() - attempt.t0,
-                outcome,
-                None,
-                type(exc).__qualname__,
-            )
-            attempt.span = None
-        if outcome == Outcome.ERROR:
-            if isinstance(exc, self._flavor.our_mistake):
-                setattr(exc, NEUTRAL_ATTR, True)  # says nothing of the upstream's health
-            return stop(Stop.NOT_RETRYABLE)
-        if sent:
-            call.sent_unanswered = True
-            if not call.safe_after_send:
-                call.unknown = True
-                return stop(Stop.NOT_IDEMPOTENT)
-            if (
-                progress is not None
-                and progress.stale()
-                and isinstance(exc, self._flavor.stale_errors)
-                and call.replayable
-            ):
-                # The server had closed the pooled connection as it was
-                # reused: the dependency is not to blame, the request never
-                # reached an application. Resend at once (RFC 9110, 9.2.2:
-                # only because the request is idempotent or keyed).
-                setattr(exc, NEUTRAL_ATTR, True)
-                return resend(RetryReason.STALE_CONNECTION)
-        if isinstance(exc, SeawallError):
-            return stop(Stop.NOT_RETRYABLE)
-        if not call.replayable:
-            return stop(Stop.UNREPLAYABLE_BODY)
-        return retry(reason)
+        return judge_failure(self, call, attempt, exc)
 
     def abandon(self, call: HttpCall, attempt: Attempt) -> None:
-        self._settle_attempt(call, attempt)
+        self.settle_attempt(call, attempt)
         if attempt.span is not None:  # cancelled: the caller's doing, or a hedge that lost
             attempt.span.set_attribute("seawall.cancelled", True)
             attempt.span.end()
@@ -442,129 +389,10 @@ class TransportCore:
         return answer
 
     def report(self, call: HttpCall) -> CallReport:
-        rt = self._rt
-        breaker = rt.breaker
-        if breaker is None:
-            for ep in self._endpoints:
-                if ep.origin == call.endpoint:
-                    breaker = ep.breaker
-        return CallReport(
-            dependency=rt.name,
-            outcome=call.outcome,
-            attempts=call.attempts,
-            retries=tuple(call.retries),
-            elapsed=rt.clock.now() - call.start,
-            endpoint=call.endpoint,
-            method=call.request.method,
-            status_code=call.status_code,
-            breaker_state_before=call.breaker_before,
-            breaker_state=breaker._state.value if breaker is not None else None,
-            bulkhead_wait=call.bulkhead_wait,
-            fallback=call.fallback,
-            timeouts=rt.policy.timeouts,
-            deadline_remaining=call.deadline_remaining,
-            retry_stopped=call.retry_stopped,
-            roles=() if call.roles is None else tuple(call.roles),
-            winner=call.winner,
-        )
+        return call_report(self, call)
 
     def unknown_error(self, call: HttpCall, cause: BaseException) -> OutcomeUnknownError:
-        request = call.request
-        unknown = OutcomeUnknownError(
-            f"{request.method} to {self._rt.name!r} was sent but no answer came back; "
-            "it may or may not have taken effect upstream (retry with the same "
-            "idempotency key, or verify)",
-            dependency=self._rt.name,
-            request=request,
-        )
-        unknown.__cause__ = cause
-        call.outcome = Outcome.OUTCOME_UNKNOWN
-        unknown.report = self.report(call)
-        return unknown
-
-    # -- helpers -------------------------------------------------------------------
-
-    def _phase_timeouts(self, requested: dict[str, Any] | None) -> dict[str, float | None]:
-        """httpx's per-phase timeouts: the policy's, or the request's where it is shorter."""
-        policy = self._policy_phases
-        if not requested:
-            return policy
-        merged: dict[str, float | None] = {}
-        for phase, ours in policy.items():
-            theirs = requested.get(phase)
-            merged[phase] = (
-                theirs if ours is None or (theirs is not None and theirs < ours) else ours
-            )
-        return merged
-
-    @staticmethod
-    def _apply_timeouts(request: Any, base: dict[str, Any], left: float | None) -> None:
-        """Cap httpx's per-phase timeouts by the policy and by the time left.
-
-        Capped a little past the time left: the engine's cut at the deadline
-        must be the one that fires (a DeadlineExceededError, not whichever
-        phase timeout raced it), and a phase never outlives the call.
-        """
-        if left is None:
-            request.extensions["timeout"] = base
-            return
-        cap = max(left, 0.0) + _DEADLINE_MARGIN
-        timeouts = {}
-        for phase in ("connect", "read", "write", "pool"):
-            value = base.get(phase)
-            if value is None or value > cap:
-                value = cap
-            timeouts[phase] = value
-        request.extensions["timeout"] = timeouts
-
-    def _honour_keep_alive(self, value: str, response: Any) -> None:
-        """Expire the connection before the server's ``Keep-Alive: timeout=N`` does."""
-        for part in value.split(","):
-            name, _, number = part.strip().partition("=")
-            if name.strip().lower() == "timeout" and number.strip().isdigit():
-                stream = response.extensions.get("network_stream")
-                if stream is not None:
-                    # A margin: the server's clock started when it sent the answer.
-                    seconds = max(0.0, int(number) - 0.5)
-                    expire_connection(self._inner, stream, seconds)
-                return
-
-    def _copy(self, request: Any) -> Any:
-        """A twin of *request* for a hedge in flight beside it (same body, own state)."""
-        return self._flavor.x.Request(
-            request.method,
-            request.url,
-            headers=request.headers.copy(),
-            content=request.content,
-            extensions=dict(request.extensions),
-        )
-
-    def _retarget(self, request: Any, endpoint: Endpoint) -> Any:
-        """*request* sent to *endpoint*: with that endpoint's credentials, never another's."""
-        source = next((ep for ep in self._endpoints if ep.matches(request.url)), None)
-        if source is None or source is endpoint:
-            return request
-        x = self._flavor.x
-        url = endpoint.rebase(request.url, source)
-        headers = request.headers.copy()
-        headers["Host"] = endpoint.url.netloc.decode("ascii")
-        if source.origin != endpoint.origin or source.url.userinfo != endpoint.url.userinfo:
-            # As httpx does on a cross-origin redirect: credentials stay with
-            # the provider they were meant for.
-            headers.pop("Authorization", None)
-            if endpoint.url.userinfo:
-                credentials = f"{endpoint.url.username}:{endpoint.url.password}"
-                headers["Authorization"] = "Basic " + base64.b64encode(
-                    credentials.encode("utf-8")
-                ).decode("ascii")
-        return x.Request(
-            request.method,
-            url.copy_with(username=None, password=None),
-            headers=headers,
-            content=request.content if replayable(request) else None,
-            stream=None if replayable(request) else request.stream,
-            extensions=dict(request.extensions),
-        )
+        return unknown_outcome(self, call, cause)
 
 
 class ResilientTransport(TransportCore, httpx.AsyncBaseTransport):
