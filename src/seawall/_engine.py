@@ -28,7 +28,7 @@ OutcomeUnknownError.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ._breaker import Breaker
@@ -51,7 +51,15 @@ from ._retry import backoff_delay, backoff_sleep
 from ._runtime import Runtime
 from ._timeout import attempt_scope
 
-__all__ = ["FrontEnd", "admit", "deadline_of", "queue_for_slot", "run_attempt", "run_call"]
+__all__ = [
+    "FrontEnd",
+    "admit",
+    "call_hooks",
+    "deadline_of",
+    "queue_for_slot",
+    "run_attempt",
+    "run_call",
+]
 
 
 class FrontEnd(Protocol):
@@ -90,6 +98,12 @@ class FrontEnd(Protocol):
     async def fail(self, call: Any, error: Exception, stopped: str | None, last: Any) -> Any: ...
 
 
+#: Called with the dependency's name as each call starts, before anything else
+#: (``seawall.db.watch`` checks that no database transaction is held across
+#: an outbound call). Empty unless something registered: one falsy check.
+call_hooks: list[Callable[[str], None]] = []
+
+
 def deadline_of(rt: Runtime, call: Call) -> float | None:
     """The call's deadline on the runtime's clock: Timeouts.total and the ambient deadline."""
     total = rt.policy.timeouts.total
@@ -102,9 +116,16 @@ def deadline_of(rt: Runtime, call: Call) -> float | None:
     return None if total is None else call.start + total
 
 
+#: Functions called with the dependency's name as each call starts (seawall.db.watch).
+call_hooks: list[Any] = []
+
+
 async def run_call(fe: FrontEnd, call: Call) -> Any:
     """Run *call* through every layer; returns what ``fe.answer``/``fe.fail`` give."""
     rt = fe.rt
+    if call_hooks:  # seawall.db.watch's check: one list test when unused
+        for hook in call_hooks:
+            hook(rt.name)
     clock = rt.clock
     deadline_at = call.deadline_at = deadline_of(rt, call)
     if deadline_at is not None:
