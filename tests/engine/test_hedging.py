@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import random
 import statistics
 import time
@@ -190,3 +191,39 @@ def test_the_p95_estimate_is_within_its_documented_error() -> None:
     # Never below the truth, at most one bucket (10%) above, plus the decay's
     # drift over the window: within 15% of the recent samples' p95.
     assert true * 0.9 <= got <= true * 1.15, (true, got)
+
+
+def test_a_hedge_table_in_toml(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "seawall.toml"
+    path.write_text(
+        """
+        [dependencies.search]
+        base_url = "http://search.internal"
+        [dependencies.search.hedge]
+        delay_from = "p95"
+        min_delay = 0.02
+        max_hedges = 2
+        """
+    )
+    config = seawall.load_config(path)
+    hedge = config.dependencies["search"].policy.hedge
+    assert hedge == Hedge(delay_from="p95", min_delay=0.02, max_hedges=2)
+
+
+@pytest.mark.parametrize(
+    ("table", "line"),
+    [
+        ({"delay": 0}, "hedge.delay: must be > 0, got 0"),
+        ({"max_hedges": 9}, "hedge.max_hedges: must be <= 8, got 9"),
+        ({"delay_from": "p99"}, "hedge.delay_from: must be 'p95' or None, got 'p99'"),
+        (
+            {"min_delay": 2.0, "max_delay": 1.0},
+            "hedge.min_delay: must be <= max_delay (1.0), got 2.0",
+        ),
+        ({"jitter": True}, "hedge.jitter: unknown key, got True"),
+    ],
+)
+def test_a_bad_hedge_table_names_the_key(table: dict[str, object], line: str) -> None:
+    with pytest.raises(seawall.ConfigError) as info:
+        Policy.from_mapping({"hedge": table})
+    assert line in info.value.problems
