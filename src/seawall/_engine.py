@@ -221,7 +221,8 @@ async def admit(
     the retry budget, it is refused (``BulkheadFullError``/``CircuitOpenError``).
     """
     clock = rt.clock
-    if deadline_at is not None and deadline_at - clock.now() <= 0:
+    now = clock.now()
+    if deadline_at is not None and deadline_at - now <= 0:
         return DeadlineExceededError(
             f"deadline of {rt.name!r} ran out before attempt {call.attempts + 1}",
             dependency=rt.name,
@@ -260,6 +261,7 @@ async def admit(
                 if hedge:
                     raise bulkhead.rejection()
                 slot = await queue_for_slot(call, rt, deadline_at)
+                now = clock.now()  # after the wait
             except BaseException as exc:
                 _neutral(route.breaker, permit)
                 if isinstance(exc, SeawallError):
@@ -278,6 +280,7 @@ async def admit(
         budget.record_call()
     call.attempts += 1
     attempt = Attempt(route, permit, slot, call.attempts)
+    attempt.t0 = now
     if call.roles is not None:
         attempt.hedge = hedge
         call.roles.append("hedge" if hedge else "first" if call.attempts == 1 else "retry")
@@ -316,14 +319,14 @@ async def run_attempt(
     clock = rt.clock
     limit = rt.policy.timeouts.attempt
     by_deadline = False
+    t0 = attempt.t0  # when it was admitted: nothing waited since
     if deadline_at is not None:
-        left = deadline_at - clock.now()
+        left = deadline_at - t0
         if limit is None or left < limit:
             limit, by_deadline = left, True
     breaker = attempt.route.breaker
     permit = attempt.permit
     slot = attempt.slot
-    t0 = attempt.t0 = clock.now()
     result: Any = None
     error: Exception | None = None
     try:
