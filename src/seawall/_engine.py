@@ -116,9 +116,16 @@ def deadline_of(rt: Runtime, call: Call) -> float | None:
     return None if total is None else call.start + total
 
 
+#: Functions called with the dependency's name as each call starts (seawall.db.watch).
+call_hooks: list[Any] = []
+
+
 async def run_call(fe: FrontEnd, call: Call) -> Any:
     """Run *call* through every layer; returns what ``fe.answer``/``fe.fail`` give."""
     rt = fe.rt
+    if call_hooks:  # seawall.db.watch's check: one list test when unused
+        for hook in call_hooks:
+            hook(rt.name)
     if call_hooks:  # seawall.db.watch's check: one list test when unused
         for hook in call_hooks:
             hook(rt.name)

@@ -1,0 +1,378 @@
+"""The outbox's SQL: every statement, built once per table and dialect.
+
+Claims are one ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)
+RETURNING`` each (SQLite has no ``FOR UPDATE``: it serializes writers, so the
+statement is atomic there too). Result writes are fenced by the lease token,
+and a batch of them is one ``UPDATE ... FROM (VALUES ...)`` whose RETURNING
+says which rows were still ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from ._types import TERMINAL, State
+
+__all__ = ["CLAIM_COLUMNS", "ResultRow", "Statements"]
+
+#: What a claim returns of each row.
+CLAIM_COLUMNS = (
+    "id",
+    "dependency",
+    "method",
+    "path",
+    "headers",
+    "body",
+    "idempotency_key",
+    "ordering_key",
+    "state",
+    "attempts",
+    "created_at",
+    "lease_token",
+    "trace_context",
+    "metadata",
+    "last_status",
+    "last_error",
+    "verify_attempts",
+    "compensate_attempts",
+    "resend_safe",
+)
+
+#: States that hold back later entries of the same ordering key.
+_BLOCKING = (State.PENDING, State.DISPATCHING, State.UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    """One fenced result write: the new values of a row claimed with ``token``."""
+
+    id: int
+    token: int
+    state: str
+    next_attempt_at: float | None = None
+    verify_at: float | None = None
+    finished_at: float | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    compensate_at: float | None = None
+    attention: bool = False
+    attention_reason: str | None = None
+    verify_attempts: int = 0
+
+
+# (column, PostgreSQL type for the VALUES casts)
+_RESULT_COLUMNS = (
+    ("id", "BIGINT"),
+    ("tok", "INTEGER"),
+    ("state", "VARCHAR(16)"),
+    ("next_attempt_at", "DOUBLE PRECISION"),
+    ("verify_at", "DOUBLE PRECISION"),
+    ("finished_at", "DOUBLE PRECISION"),
+    ("last_status", "INTEGER"),
+    ("last_error", "TEXT"),
+    ("compensate_at", "DOUBLE PRECISION"),
+    ("attention", "BOOLEAN"),
+    ("attention_reason", "TEXT"),
+    ("verify_attempts", "INTEGER"),
+)
+
+
+class Statements:
+    """The statements of one outbox table on one dialect (``postgresql`` or ``sqlite``)."""
+
+    def __init__(self, table: sa.Table, dialect: sa.Dialect) -> None:
+        self.table = t = table
+        self.dialect = dialect.name
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert: Any = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+        self.insert = (
+            insert(t)
+            .on_conflict_do_nothing(index_elements=[t.c.dependency, t.c.idempotency_key])
+            .returning(t.c.id)
+        )
+        self.existing = sa.select(t.c.id, t.c.fingerprint).where(
+            t.c.dependency == sa.bindparam("dependency"),
+            t.c.idempotency_key == sa.bindparam("idempotency_key"),
+        )
+        self.cancel = (
+            sa.update(t)
+            .where(t.c.id == sa.bindparam("entry_id"), t.c.state == State.PENDING)
+            .values(
+                state=State.CANCELLED,
+                finished_at=sa.bindparam("now"),
+                updated_at=sa.bindparam("now"),
+                lease_token=t.c.lease_token + 1,
+            )
+            .returning(t.c.id)
+        )
+        self._returning = [t.c[name] for name in CLAIM_COLUMNS]
+        self._result_sql: dict[int, sa.TextClause] = {}
+        quote = dialect.identifier_preparer
+        self._quoted = quote.quote(t.name)
+        if t.schema:
+            self._quoted = f"{quote.quote_schema(t.schema)}.{self._quoted}"
+
+    # -- claims ---------------------------------------------------------------------
+
+    def _claim(
+        self,
+        due: Callable[[Any], sa.ColumnElement[bool]],
+        order: Callable[[Any], Any],
+        limit: int,
+        values: Mapping[str, Any],
+    ) -> Any:
+        """``UPDATE t SET values WHERE id IN (SELECT id FROM t AS c WHERE due(c) ...)``."""
+        t = self.table
+        c = t.alias("c")
+        sub = (
+            sa.select(c.c.id)
+            .where(due(c))
+            .order_by(order(c))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return sa.update(t).where(t.c.id.in_(sub)).values(**values).returning(*self._returning)
+
+    def claim_sends(
+        self,
+        *,
+        now: float,
+        limit: int,
+        owner: str,
+        leases: Mapping[str, float],
+        default_lease: float,
+        allowed: Sequence[str],
+    ) -> Any:
+        """Pending entries due now, and expired leases that are safe to resend.
+
+        An entry whose ordering key has an earlier entry still pending,
+        dispatching or unknown waits for it.
+        """
+        t = self.table
+        e = t.alias("e")
+
+        def due(c: Any) -> sa.ColumnElement[bool]:
+            earlier = (
+                sa.select(e.c.id)
+                .where(
+                    e.c.ordering_key == c.c.ordering_key,
+                    e.c.id < c.c.id,
+                    e.c.state.in_([str(s) for s in _BLOCKING]),
+                )
+                .exists()
+            )
+            return sa.and_(
+                sa.or_(
+                    sa.and_(c.c.state == State.PENDING, c.c.next_attempt_at <= now),
+                    sa.and_(
+                        c.c.state == State.DISPATCHING,
+                        c.c.lease_until < now,
+                        c.c.resend_safe == sa.true(),
+                    ),
+                ),
+                c.c.dependency.in_(list(allowed)),
+                sa.or_(c.c.ordering_key.is_(None), ~earlier),
+            )
+
+        lease_until: Any = now + default_lease
+        special = {dep: now + lease for dep, lease in leases.items() if lease != default_lease}
+        if special:
+            lease_until = sa.case(special, value=t.c.dependency, else_=now + default_lease)
+        return self._claim(
+            due,
+            lambda c: c.c.next_attempt_at,
+            limit,
+            {
+                "state": State.DISPATCHING,
+                "lease_owner": owner,
+                "lease_token": t.c.lease_token + 1,
+                "lease_until": lease_until,
+                "attempts": t.c.attempts + 1,
+                "updated_at": now,
+            },
+        )
+
+    def claim_verifications(
+        self, *, now: float, limit: int, owner: str, lease: float, allowed: Sequence[str]
+    ) -> Any:
+        """Unknown entries whose ``verify_at`` has come, not leased by another."""
+
+        def due(c: Any) -> sa.ColumnElement[bool]:
+            return sa.and_(
+                c.c.state == State.UNKNOWN,
+                c.c.verify_at <= now,
+                c.c.dependency.in_(list(allowed)),
+                sa.or_(c.c.lease_until.is_(None), c.c.lease_until < now),
+            )
+
+        return self._claim(due, lambda c: c.c.verify_at, limit, self._lease(now, owner, lease))
+
+    def claim_compensations(
+        self, *, now: float, limit: int, owner: str, lease: float, allowed: Sequence[str]
+    ) -> Any:
+        """Failed entries whose compensator is due, not leased by another."""
+
+        def due(c: Any) -> sa.ColumnElement[bool]:
+            return sa.and_(
+                c.c.state == State.FAILED,
+                c.c.compensate_at <= now,
+                c.c.dependency.in_(list(allowed)),
+                sa.or_(c.c.lease_until.is_(None), c.c.lease_until < now),
+            )
+
+        return self._claim(due, lambda c: c.c.compensate_at, limit, self._lease(now, owner, lease))
+
+    def claim_ids(
+        self,
+        *,
+        ids: Sequence[int],
+        states: Iterable[str],
+        now: float,
+        owner: str,
+        lease: float,
+    ) -> Any:
+        """These entries (reconcile's picks), if still in *states* and not leased by another."""
+        wanted = [str(s) for s in states]
+
+        def due(c: Any) -> sa.ColumnElement[bool]:
+            return sa.and_(
+                c.c.id.in_(list(ids)),
+                c.c.state.in_(wanted),
+                sa.or_(c.c.lease_until.is_(None), c.c.lease_until < now),
+            )
+
+        return self._claim(due, lambda c: c.c.id, len(ids), self._lease(now, owner, lease))
+
+    def _lease(self, now: float, owner: str, lease: float) -> dict[str, Any]:
+        t = self.table
+        return {
+            "lease_owner": owner,
+            "lease_token": t.c.lease_token + 1,
+            "lease_until": now + lease,
+            "updated_at": now,
+        }
+
+    def sweep_expired(self, *, now: float, verify_at: float | None) -> Any:
+        """Expired leases on dependencies that ignore keys: the send may have happened."""
+        t = self.table
+        return (
+            sa.update(t)
+            .where(
+                t.c.state == State.DISPATCHING,
+                t.c.lease_until < now,
+                t.c.resend_safe == sa.false(),
+            )
+            .values(
+                state=State.UNKNOWN,
+                verify_at=now if verify_at is None else verify_at,
+                lease_owner=None,
+                lease_until=None,
+                lease_token=t.c.lease_token + 1,
+                last_error="lease_expired: the dispatcher stopped mid-send",
+                updated_at=now,
+            )
+            .returning(t.c.id, t.c.dependency, t.c.attempts)
+        )
+
+    # -- results --------------------------------------------------------------------
+
+    def results(
+        self, rows: Sequence[ResultRow], now: float
+    ) -> tuple[sa.TextClause, dict[str, Any]]:
+        """One fenced UPDATE for a group of results; RETURNING the ids still ours."""
+        n = len(rows)
+        sql = self._result_sql.get(n)
+        if sql is None:
+            sql = self._result_sql[n] = sa.text(self._results_sql(n))
+        params: dict[str, Any] = {"now": now}
+        for i, r in enumerate(rows):
+            params[f"id{i}"] = r.id
+            params[f"tok{i}"] = r.token
+            params[f"state{i}"] = str(r.state)
+            params[f"next_attempt_at{i}"] = r.next_attempt_at
+            params[f"verify_at{i}"] = r.verify_at
+            params[f"finished_at{i}"] = r.finished_at
+            params[f"last_status{i}"] = r.last_status
+            params[f"last_error{i}"] = r.last_error
+            params[f"compensate_at{i}"] = r.compensate_at
+            params[f"attention{i}"] = r.attention
+            params[f"attention_reason{i}"] = r.attention_reason
+            params[f"verify_attempts{i}"] = r.verify_attempts
+        return sql, params
+
+    def _results_sql(self, n: int) -> str:
+        t = self._quoted
+        names = ", ".join(name for name, _ in _RESULT_COLUMNS)
+        sets = (
+            "state = v.state, next_attempt_at = v.next_attempt_at, verify_at = v.verify_at, "
+            "finished_at = v.finished_at, last_status = v.last_status, "
+            "last_error = v.last_error, compensate_at = v.compensate_at, "
+            "verify_attempts = v.verify_attempts, "
+            "lease_owner = NULL, lease_until = NULL, updated_at = :now"
+        )
+        if self.dialect == "postgresql":
+            rows = ", ".join(
+                "("
+                + ", ".join(f"CAST(:{name}{i} AS {kind})" for name, kind in _RESULT_COLUMNS)
+                + ")"
+                for i in range(n)
+            )
+            return (
+                f"UPDATE {t} AS o SET {sets}, "
+                "needs_attention = o.needs_attention OR v.attention, "
+                "attention_reason = COALESCE(v.attention_reason, o.attention_reason) "
+                f"FROM (VALUES {rows}) AS v({names}) "
+                "WHERE o.id = v.id AND o.lease_token = v.tok RETURNING o.id"
+            )
+        rows = ", ".join(
+            "(" + ", ".join(f":{name}{i}" for name, _ in _RESULT_COLUMNS) + ")" for i in range(n)
+        )
+        return (
+            f"WITH v({names}) AS (VALUES {rows}) "
+            f"UPDATE {t} SET {sets}, "
+            f"needs_attention = ({t}.needs_attention OR v.attention), "
+            f"attention_reason = COALESCE(v.attention_reason, {t}.attention_reason) "
+            f"FROM v WHERE {t}.id = v.id AND {t}.lease_token = v.tok RETURNING {t}.id"
+        )
+
+    def fenced(self, entry_id: int, token: int, **values: Any) -> Any:
+        """One fenced write (hooks run in its transaction)."""
+        t = self.table
+        return (
+            sa.update(t)
+            .where(t.c.id == entry_id, t.c.lease_token == token)
+            .values(**values)
+            .returning(t.c.id)
+        )
+
+    # -- operations -----------------------------------------------------------------
+
+    def purge_page(self, *, cutoff: float, limit: int) -> Any:
+        t = self.table
+        c = t.alias("c")
+        page = (
+            sa.select(c.c.id)
+            .where(c.c.state.in_([str(s) for s in TERMINAL]), c.c.finished_at < cutoff)
+            .limit(limit)
+        )
+        return sa.delete(t).where(t.c.id.in_(page))
+
+    def counts(self) -> Any:
+        """Entries, oldest creation time and attention flags, per dependency and state."""
+        t = self.table
+        return sa.select(
+            t.c.dependency,
+            t.c.state,
+            sa.func.count(),
+            sa.func.min(t.c.created_at),
+            sa.func.sum(sa.case((t.c.needs_attention == sa.true(), 1), else_=0)),
+        ).group_by(t.c.dependency, t.c.state)
+
+    def row(self, entry_id: int) -> Any:
+        t = self.table
+        return sa.select(t).where(t.c.id == entry_id)
