@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._bulkhead import BulkheadHandle
     from ._client import ResilientClient
     from ._guard import Guard
+    from ._shared import SharedState
 
 __all__ = ["Registry", "default_registry"]
 
@@ -123,11 +124,16 @@ class Registry:
         payments = registry.client("payments")
 
     ``clock`` is the clock every dependency's state is built on (tests pass a
-    :class:`seawall.testing.ManualClock`).
+    :class:`seawall.testing.ManualClock`). ``state`` shares state across
+    replicas (``seawall.redis.RedisState``) for the dependencies whose policy
+    has a ``shared`` part; entering the registry starts its sync task.
     """
 
-    def __init__(self, *, clock: Clock | None = None) -> None:
+    def __init__(self, *, clock: Clock | None = None, state: SharedState | None = None) -> None:
         self.clock: Clock = clock or MONOTONIC
+        self._state = state
+        if state is not None:
+            state._attach(self)
         self._deps: dict[str, _Dependency] = {}
         self._defaults = Policy()
         # Clients replaced or removed by reload(): each closes its pool as soon
@@ -145,25 +151,62 @@ class Registry:
     def names(self) -> list[str]:
         return list(self._deps)
 
+    @property
+    def state(self) -> SharedState | None:
+        """The shared-state backend given as ``state=`` (or by a ``[state]`` table), if any."""
+        return self._state
+
+    def _runtimes(self) -> list[Runtime]:
+        return [dep.runtime for dep in self._deps.values()]
+
     # -- building ------------------------------------------------------------------
 
     @classmethod
     def from_config(
-        cls, config: Mapping[str, Any] | Config, *, clock: Clock | None = None
+        cls,
+        config: Mapping[str, Any] | Config,
+        *,
+        clock: Clock | None = None,
+        state: SharedState | None = None,
     ) -> Registry:
-        """A registry holding every dependency of a configuration (the TOML layout)."""
-        registry = cls(clock=clock)
+        """A registry holding every dependency of a configuration (the TOML layout).
+
+        Its ``[state]`` table, if any, gives the shared-state backend, unless
+        ``state`` is given here.
+        """
         if not isinstance(config, Config):
             config = Config.from_mapping(config)
+        if state is None and config.state is not None:
+            from .redis import RedisState
+
+            state = RedisState.from_settings(config.state, clock=clock)
+        if state is None:
+            from ._shared import missing_state
+
+            problems = [
+                line
+                for spec in config.dependencies.values()
+                if spec.policy.shared is not None
+                for line in missing_state(spec.name, spec.policy.shared).problems
+            ]
+            if problems:
+                raise ConfigError(problems)
+        registry = cls(clock=clock, state=state)
         registry._defaults = config.defaults
         for spec in config.dependencies.values():
             registry._add_spec(spec)
         return registry
 
     @classmethod
-    def from_toml(cls, path: str | PathLike[str], *, clock: Clock | None = None) -> Registry:
+    def from_toml(
+        cls,
+        path: str | PathLike[str],
+        *,
+        clock: Clock | None = None,
+        state: SharedState | None = None,
+    ) -> Registry:
         """A registry from a TOML file (see ``seawall.load_config``)."""
-        return cls.from_config(load_config(path), clock=clock)
+        return cls.from_config(load_config(path), clock=clock, state=state)
 
     def add(
         self,
@@ -210,7 +253,9 @@ class Registry:
         if spec.base_url and spec.endpoints:
             raise ValueError(f"dependency {spec.name!r}: give base_url or endpoints, not both")
         if runtime is None:
-            runtime = Runtime(spec.name, spec.policy, self.clock, endpoints=spec.endpoints)
+            runtime = Runtime(
+                spec.name, spec.policy, self.clock, endpoints=spec.endpoints, state=self._state
+            )
         client = None
         if spec.base_url or spec.endpoints:
             from ._client import ResilientClient
@@ -243,7 +288,7 @@ class Registry:
                 raise LookupError(f"unknown dependency {name!r}: give it a policy first")
             if not isinstance(policy, Policy):
                 raise TypeError(f"policy: must be a seawall.Policy, got {policy!r}")
-            runtime = Runtime(name, policy, clock or self.clock)
+            runtime = Runtime(name, policy, clock or self.clock, state=self._state)
             self._deps[name] = _Dependency(DependencySpec(name=name, policy=policy), runtime, None)
             return runtime
         rt = dep.runtime
@@ -310,7 +355,10 @@ class Registry:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON-ready figures for every dependency (no secret ever appears)."""
-        return {"dependencies": {name: self._entry(dep) for name, dep in self._deps.items()}}
+        snapshot = {"dependencies": {name: self._entry(dep) for name, dep in self._deps.items()}}
+        if self._state is not None:
+            snapshot["state"] = self._state.snapshot()
+        return snapshot
 
     def dependency_snapshot(self, name: str) -> dict[str, Any]:
         return self._entry(self._get(name))
@@ -329,6 +377,8 @@ class Registry:
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Registry:
+        if self._state is not None:
+            await self._state.start()  # registers this replica, starts the sync task
         return self
 
     async def __aexit__(
@@ -345,8 +395,11 @@ class Registry:
         The clients of registered dependencies keep working: only their pools
         are closed, so handles stay valid and a registry entered again (a
         second lifespan, a second test client) opens connections on demand.
-        Clients retired by ``reload()`` are closed for good.
+        Clients retired by ``reload()`` are closed for good. A shared-state
+        backend stops syncing and takes this replica's slots out.
         """
+        if self._state is not None:
+            await self._state.stop()
         for dep in self._deps.values():
             if dep.client is not None:
                 await dep.client.resilient_transport.aclose()

@@ -19,6 +19,7 @@ from .telemetry._otel import track
 from .telemetry._redact import mask_url
 
 if TYPE_CHECKING:
+    from ._shared import SharedState
     from ._transport import TransportCore
 
 __all__ = ["Runtime", "matcher"]
@@ -58,11 +59,18 @@ class Runtime:
         "policy",
         "record_on",
         "retry_on",
+        "state",
         "transports",
     )
 
     def __init__(
-        self, name: str, policy: Policy, clock: Clock, *, endpoints: Sequence[str] = ()
+        self,
+        name: str,
+        policy: Policy,
+        clock: Clock,
+        *,
+        endpoints: Sequence[str] = (),
+        state: SharedState | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -111,6 +119,14 @@ class Runtime:
         #: The transports serving this dependency (for pool gauges).
         self.transports: weakref.WeakSet[TransportCore] = weakref.WeakSet()
         self._rejection_reports: dict[tuple[str, str | None], CallReport] = {}
+        #: The registry's shared-state backend (None: local state only).
+        self.state = state
+        if policy.shared is not None:
+            from ._shared import build, missing_state
+
+            if state is None:
+                raise missing_state(name, policy.shared)
+            build(self, state)  # the shared breaker, bulkhead, rate limiter, cache
         track(self)
 
     def reconfigure(self, policy: Policy, endpoints: Sequence[str] = ()) -> None:
@@ -121,7 +137,7 @@ class Runtime:
         In place, so that every guard, client and transport holding this runtime
         follows; calls in flight finish on the parts they started with.
         """
-        fresh = Runtime(self.name, policy, self.clock, endpoints=endpoints)
+        fresh = Runtime(self.name, policy, self.clock, endpoints=endpoints, state=self.state)
         old = self.policy
         same_endpoints = tuple(endpoints) == self.endpoints
         if not (policy.breaker == old.breaker and same_endpoints):
@@ -138,6 +154,10 @@ class Runtime:
             self.budget = fresh.budget
         if policy.fallback != old.fallback:
             self.cache = fresh.cache
+        if policy.shared != old.shared:
+            from ._shared import adopt
+
+            adopt(self, fresh, old)  # the shared parts whose settings changed
         if policy.hedge != old.hedge:
             self.latency = fresh.latency
         self.retry_on = fresh.retry_on
@@ -168,7 +188,7 @@ class Runtime:
 
         Endpoint URLs are shown with their passwords masked (``user:[secure]@``).
         """
-        return {
+        entry: dict[str, Any] = {
             "breaker": self.breaker.statistics().as_dict() if self.breaker else None,
             "bulkhead": self.bulkhead.statistics().as_dict() if self.bulkhead else None,
             "rate_limit": self.limiter.statistics() if self.limiter else None,
@@ -177,3 +197,8 @@ class Runtime:
                 for url, b in self.endpoint_breakers.items()
             ],
         }
+        if self.state is not None and self.policy.shared is not None:
+            from ._shared import snapshot
+
+            entry["shared"] = snapshot(self)
+        return entry

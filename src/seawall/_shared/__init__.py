@@ -1,0 +1,124 @@
+"""Shared state across replicas: the backend-neutral core of ``seawall.redis``.
+
+:func:`build` swaps a dependency's primitives for shared ones, with the same
+interfaces, so the engine needs no change: an advisory breaker, a global
+bulkhead, a shared rate limiter, a shared fallback cache tier.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .._exceptions import ConfigError
+from ._breaker import AdvisoryBreaker
+from ._bulkhead import SharedBulkhead
+from ._ratelimit import SharedRateLimiter
+from ._state import DependencyView, SharedState, Unavailable
+
+if TYPE_CHECKING:
+    from .._config import Policy
+    from .._runtime import Runtime
+
+__all__ = [
+    "AdvisoryBreaker",
+    "adopt",
+    "DependencyView",
+    "SharedBulkhead",
+    "SharedRateLimiter",
+    "SharedState",
+    "Unavailable",
+    "build",
+    "missing_state",
+    "snapshot",
+]
+
+
+def missing_state(name: str, shared: object) -> ConfigError:
+    """The error for a shared policy without a state backend, with its key path."""
+    from .._config import _line
+
+    return ConfigError(
+        [
+            _line(
+                f"dependencies.{name}.shared",
+                'needs a state backend ([state] backend = "redis" in the file, '
+                "or Registry(state=seawall.redis.RedisState(...)))",
+                shared,
+            )
+        ]
+    )
+
+
+def build(rt: Runtime, state: SharedState) -> None:
+    """Give *rt* the shared primitives its policy's ``shared`` asks for."""
+    policy = rt.policy
+    shared = policy.shared
+    assert shared is not None
+    if shared.breaker == "advisory" and policy.breaker is not None:
+        if rt.endpoints:
+            from .._config import _line
+
+            raise ConfigError(
+                [
+                    _line(
+                        f"dependencies.{rt.name}.shared.breaker",
+                        "an advisory breaker is not supported with endpoints (one breaker "
+                        "per endpoint) yet",
+                        shared.breaker,
+                    )
+                ]
+            )
+        rt.breaker = AdvisoryBreaker(
+            policy.breaker, clock=rt.clock, dependency=rt.name, shared=shared, state=state
+        )
+    if shared.bulkhead is not None:
+        rt.bulkhead = SharedBulkhead(  # type: ignore[assignment]
+            policy.bulkhead, shared.bulkhead, dependency=rt.name, state=state, clock=rt.clock
+        )
+    limit = shared.shared_rate_limit
+    if limit is not None and policy.rate_limit is not None:
+        rt.limiter = SharedRateLimiter(  # type: ignore[assignment]
+            policy.rate_limit, limit, clock=rt.clock, dependency=rt.name, state=state
+        )
+
+
+def adopt(rt: Runtime, fresh: Runtime, old: Policy) -> None:
+    """On reload: take from *fresh* the shared parts whose settings changed."""
+    new_shared, old_shared = fresh.policy.shared, old.shared
+
+    def changed(*names: str) -> bool:
+        return any(getattr(new_shared, n, None) != getattr(old_shared, n, None) for n in names)
+
+    if changed("breaker", "quorum", "quorum_ratio", "assist_ratio"):
+        rt.breaker, rt.endpoint_breakers = fresh.breaker, fresh.endpoint_breakers
+    if changed("bulkhead"):
+        rt.bulkhead = fresh.bulkhead
+    if changed("rate_limit"):
+        rt.limiter = fresh.limiter
+    if changed("fallback"):
+        rt.cache = fresh.cache
+
+
+def snapshot(rt: Runtime) -> dict[str, Any]:
+    """The ``"shared"`` entry of a dependency's snapshot."""
+    state = rt.state
+    assert state is not None
+    view = state.view(rt.name)
+    breaker = rt.breaker
+    entry: dict[str, Any]
+    if isinstance(breaker, AdvisoryBreaker):
+        entry = breaker.shared_snapshot()
+    else:
+        entry = {
+            "verdict": None,
+            "live_replicas": view.live,
+            "tripped_replicas": view.tripped,
+            "override": None,
+        }
+    bulkhead: Any = rt.bulkhead
+    if isinstance(bulkhead, SharedBulkhead):
+        entry["bulkhead"] = bulkhead.shared_snapshot()
+    limiter: Any = rt.limiter
+    if isinstance(limiter, SharedRateLimiter):
+        entry["rate_limit"] = limiter.shared_snapshot()
+    return entry

@@ -1,0 +1,501 @@
+"""Shared state: this replica's view of the others, and the one task that syncs it.
+
+A :class:`SharedState` belongs to one :class:`~seawall.Registry`. Entering the
+registry registers the replica and starts the sync task; every
+``sync_interval`` it sends, in one script call, a summary of each shared
+dependency (breaker evidence, slots released, calls in flight, demand) and
+gets back the aggregates of all live replicas, which the dependency's shared
+primitives then act on. Calls never wait on that task.
+
+Redis informs decisions and never fails a call. Every operation goes through
+a breaker on the backend itself (3 consecutive errors or timeouts open it
+for 2 s, doubling up to 30 s): while it is not closed the state is
+*degraded*, calls take local decisions without waiting on Redis at all, and
+only the sync task probes. A hot-path wait (a grant, a reservation, a cache
+read) lasts at most ``budget``; the operation itself is never cancelled (a
+cancelled redis-py command drops its connection): it finishes in the
+background and its result is used or handed back.
+
+The backend (``seawall.redis.RedisState``) supplies the I/O: ``_open``,
+``_close``, ``_eval`` and the cache's ``_cache_get``/``_cache_put``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import sniffio
+
+from .._breaker import CLOSED, Breaker, BreakerState, Transition
+from .._clock import MONOTONIC, Clock
+from .._config import CircuitBreaker
+from .._exceptions import RejectedError
+from . import _telemetry
+from ._lua import GCRA, LEAVE, SLOTS, SYNC, Script
+
+if TYPE_CHECKING:
+    from .._registry import Registry
+    from .._runtime import Runtime
+
+__all__ = ["DependencyView", "SharedState", "Unavailable"]
+
+T = TypeVar("T")
+
+#: The breaker on the backend: 3 consecutive errors or timeouts open it for
+#: 2 s, growing to 30 s; one probe (a sync) decides.
+HEALTH_BREAKER = CircuitBreaker(
+    window="count",
+    window_size=3,
+    minimum_calls=3,
+    failure_rate_threshold=1.0,
+    slow_call_duration=3600.0,
+    open_duration=2.0,
+    open_duration_multiplier=2.0,
+    max_open_duration=30.0,
+    half_open_calls=1,
+)
+
+#: One-shot overrides (reset, forced_closed) stay visible this many leases.
+_ONE_SHOT = frozenset({"reset", "forced_closed"})
+
+
+class Unavailable(Exception):
+    """A backend operation that did not run (degraded) or failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class DependencyView:
+    """The last synced aggregates of one shared dependency, across live replicas."""
+
+    live: int = 0
+    tripped: int = 0
+    evidence: int = 0
+    slots: int = 0
+    pressure: bool = False
+    #: The cluster override in force: ``forced_open``, ``disabled``, or a
+    #: one-shot ``reset``/``forced_closed``; None without one.
+    override: str | None = None
+    override_id: int = 0
+    #: Seconds until the override ends (None: until replaced).
+    override_left: float | None = None
+
+
+_NO_VIEW = DependencyView()
+
+
+class SharedState:
+    """The state backend of one registry (see ``seawall.redis.RedisState``)."""
+
+    backend = "redis"
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        budget: float,
+        sync_interval: float,
+        command_timeout: float,
+        lease_ttl: float,
+        time_source: Literal["server", "client"],
+        clock: Clock | None,
+    ) -> None:
+        self.namespace = namespace
+        self.budget = budget
+        self.sync_interval = sync_interval
+        self.command_timeout = command_timeout
+        self.lease_ttl = lease_ttl
+        self.time_source = time_source
+        self._clock_given = clock
+        self.clock: Clock = clock or MONOTONIC
+        #: ``host:pid:random``: this process's name among the replicas.
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.prefix = "{seawall:" + namespace + "}"
+        #: "stopped" (not entered), "connected" or "degraded".
+        self.status = "stopped"
+        #: Whether calls may wait on the backend (registered, and its breaker closed).
+        self.connected = False
+        #: Live replicas at the last sync (at least 1: this one).
+        self.live_replicas = 1
+        self.counters = _telemetry.Counters()
+        self._registry: Registry | None = None
+        self._registered = False
+        self._epoch = ""
+        self._views: dict[str, DependencyView] = {}
+        self._asks: dict[str, tuple[str, int]] = {}
+        self._last_sync: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ops: set[asyncio.Task[Any]] = set()
+        self._wake: asyncio.Event | None = None
+        self._sync_lock: asyncio.Lock | None = None
+        self._stopping = False
+        self._health = self._new_health()
+        self._degraded_reason: str | None = None
+        self._said_degraded = False
+
+    def _new_health(self) -> Breaker:
+        health = Breaker(
+            HEALTH_BREAKER, clock=self.clock, dependency=f"seawall.shared:{self.namespace}"
+        )
+        health.on_transition(self._on_health)
+        return health
+
+    # -- the backend's part ----------------------------------------------------------
+
+    async def _open(self) -> None:
+        """Get the client ready (no I/O needed)."""
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        raise NotImplementedError
+
+    async def _eval(self, script: Script, args: Sequence[str | int | float]) -> Any:
+        """EVALSHA *script* with ``KEYS[1]`` = the namespace's tag (loaded again on NOSCRIPT)."""
+        raise NotImplementedError
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _attach(self, registry: Registry) -> None:
+        if self._registry is not None and self._registry is not registry:
+            raise ValueError(
+                f"{type(self).__name__}: already the state of another registry; "
+                "give each registry its own"
+            )
+        self._registry = registry
+        if self._clock_given is None and registry.clock is not self.clock:
+            self.clock = registry.clock
+            self._health = self._new_health()
+
+    async def start(self) -> None:
+        """Register this replica and start the sync task (``async with registry`` does it)."""
+        try:
+            library = sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            library = "none"
+        if library != "asyncio":
+            raise RuntimeError(
+                f"{type(self).__name__} runs on asyncio only (it uses redis.asyncio); "
+                f"this registry was entered under {library}: run it under asyncio, "
+                "or build the registry without state="
+            )
+        if self._task is not None:
+            return
+        self._wake = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
+        self._stopping = False
+        self._registered = False
+        self._epoch = ""
+        await self._open()
+        self.status = "degraded"
+        await self.sync()
+        self._log_status()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop syncing, take this replica's counts and slots out, close the client."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        assert self._wake is not None
+        self._wake.set()
+        await task
+        was_connected = self.connected
+        self.status = "stopped"
+        if was_connected:
+            with contextlib.suppress(Unavailable):
+                await self._op("leave", LEAVE, self._head())
+        if self._ops:
+            await asyncio.wait(set(self._ops), timeout=self.command_timeout)
+        await self._close()
+        self.connected = False
+        self._registered = False
+
+    async def _run(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.sync_interval)
+            wake.clear()
+            if self._stopping:
+                return
+            await self.sync()
+
+    def wake(self) -> None:
+        """Sync now rather than at the next interval (an override, a queue of waiters)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- operations ------------------------------------------------------------------
+
+    def now_ms(self) -> str:
+        """The time argument of a script: '' for the server's TIME, else the clock's ms."""
+        return "" if self.time_source == "server" else repr(round(self.clock.now() * 1000, 3))
+
+    def now_us(self) -> str:
+        return "" if self.time_source == "server" else repr(self.clock.now() * 1_000_000)
+
+    def _head(self) -> list[str | int | float]:
+        return [self.replica, self.now_ms(), round(self.lease_ttl * 1000)]
+
+    async def _op(self, op: str, script: Script, args: Sequence[str | int | float]) -> Any:
+        """Run one script under the backend's breaker; raise Unavailable if it cannot."""
+        try:
+            permit = self._health.acquire()
+        except RejectedError:
+            raise Unavailable(f"{op}: the backend is degraded") from None
+        started = time.perf_counter()
+        try:
+            result = await self._eval(script, args)
+        except Exception as exc:
+            self._health.record(permit, time.perf_counter() - started, True)
+            reason = type(exc).__name__
+            self.counters.errors[op, reason] += 1
+            instruments = _telemetry.metrics_for(self)
+            if instruments is not None:
+                instruments.errors.add(1, {"op": op, "reason": reason})
+            self._degraded_reason = reason
+            self._refresh()
+            raise Unavailable(f"{op}: {reason}") from exc
+        self._health.record(permit, time.perf_counter() - started, False)
+        self.counters.round_trips[op] += 1
+        instruments = _telemetry.metrics_for(self)
+        if instruments is not None:
+            instruments.round_trips.add(1, {"op": op})
+        return result
+
+    def spawn(self, op: Awaitable[T]) -> asyncio.Task[T]:
+        """Run *op* in the background, held until it is done (never cancelled)."""
+        task: asyncio.Task[T] = asyncio.ensure_future(op)
+        self._ops.add(task)
+        task.add_done_callback(self._ops.discard)
+        return task
+
+    async def within_budget(
+        self, fut: asyncio.Future[T], feature: str, dependency: str
+    ) -> T | None:
+        """*fut*'s result if it comes within ``budget``; None if not, or if it failed.
+
+        The operation goes on in the background either way: its done-callbacks
+        put its result to use.
+        """
+        if not fut.done():
+            started = time.perf_counter()
+            done, _ = await asyncio.wait({fut}, timeout=self.budget)
+            waited = time.perf_counter() - started
+            if not done:
+                self.local_decision(feature)
+                _telemetry.wait_event(feature, dependency, "budget", waited)
+                return None
+            _telemetry.wait_event(feature, dependency, "answered", waited)
+        if fut.cancelled() or fut.exception() is not None:
+            self.local_decision(feature)
+            return None
+        return fut.result()
+
+    def local_decision(self, feature: str) -> None:
+        self.counters.local_decisions[feature] += 1
+        instruments = _telemetry.metrics_for(self)
+        if instruments is not None:
+            instruments.local_decisions.add(1, {"feature": feature})
+
+    async def slots(
+        self, dependency: str, op: Literal["g", "r"], n: int, cap: int
+    ) -> tuple[int, str, int]:
+        """Grant up to *n* more slots ('g'), or report *n* released in all ('r').
+
+        Returns (granted now, -1 if not registered; the record's epoch; granted in all).
+        """
+        pressure_ms = round(self.sync_interval * 2000)
+        granted, epoch, total = await self._op(
+            "grant" if op == "g" else "release",
+            SLOTS,
+            [*self._head(), dependency, op, n, cap, self._epoch, pressure_ms],
+        )
+        return int(granted), _text(epoch), int(total)
+
+    async def reserve(
+        self, dependency: str, want: int, interval: float, burst: float
+    ) -> tuple[int, float]:
+        """GCRA: reserve up to *want* tokens (*interval* seconds apart).
+
+        Returns (tokens granted, seconds until one would be).
+        """
+        granted, retry_after = await self._op(
+            "reserve", GCRA, [dependency, self.now_us(), want, repr(interval * 1e6), repr(burst)]
+        )
+        return int(granted), float(_text(retry_after)) / 1e6
+
+    def request_override(self, dependency: str, mode: str, ttl: float | None) -> None:
+        """Ask every replica to apply *mode* to *dependency*'s breaker (from the next sync)."""
+        if ttl is None and mode in _ONE_SHOT:
+            ttl = self.lease_ttl
+        self._asks[dependency] = (mode, 0 if ttl is None else max(1, round(ttl * 1000)))
+        self.wake()
+
+    # -- sync ------------------------------------------------------------------------
+
+    def _shared_runtimes(self) -> dict[str, Runtime]:
+        registry = self._registry
+        if registry is None:
+            return {}
+        return {
+            rt.name: rt
+            for rt in registry._runtimes()
+            if rt.policy.shared is not None and rt.state is self
+        }
+
+    async def sync(self) -> bool:
+        """Sync now: send this replica's summary, act on the aggregates; True if it worked."""
+        lock = self._sync_lock
+        if lock is None:
+            return False
+        async with lock:
+            return await self._sync_once()
+
+    async def _sync_once(self) -> bool:
+        if self._health._state is not CLOSED and not self._health.would_admit():
+            return False  # degraded, and no probe due yet
+        runtimes = self._shared_runtimes()
+        deps: dict[str, list[int]] = {}
+        for name, rt in runtimes.items():
+            deps[name] = _summary(rt, self)
+        asks = dict(self._asks)
+        payload = json.dumps({"d": deps, "o": {k: list(v) for k, v in asks.items()}})
+        started = time.perf_counter()
+        try:
+            raw = await self._op("sync", SYNC, [*self._head(), payload])
+        except Unavailable:
+            return False
+        duration = time.perf_counter() - started
+        instruments = _telemetry.metrics_for(self)
+        if instruments is not None:
+            instruments.sync_duration.record(duration)
+        for name, ask in asks.items():
+            if self._asks.get(name) == ask:
+                del self._asks[name]
+        reply = json.loads(_text(raw))
+        self._apply(reply, runtimes, asks)
+        return True
+
+    def _apply(
+        self, reply: dict[str, Any], runtimes: dict[str, Runtime], asks: dict[str, Any]
+    ) -> None:
+        from ._breaker import AdvisoryBreaker
+        from ._bulkhead import SharedBulkhead
+        from ._ratelimit import SharedRateLimiter
+
+        self.live_replicas = max(1, int(reply["n"]))
+        renewed = reply["e"] != self._epoch
+        self._epoch = reply["e"]
+        for name, row in reply["d"].items():
+            live, tripped, evidence, slots, pressure, ovm, ovi, left, granted, fresh, own = row
+            view = DependencyView(
+                live=max(1, live),
+                tripped=tripped,
+                evidence=evidence,
+                slots=slots,
+                pressure=bool(pressure),
+                override=ovm or None,
+                override_id=ovi,
+                override_left=None if left < 0 else left / 1000,
+            )
+            self._views[name] = view
+            rt = runtimes.get(name)
+            if rt is None:
+                continue
+            if isinstance(rt.breaker, AdvisoryBreaker):
+                rt.breaker.follow(view, own=bool(own))
+            if isinstance(rt.bulkhead, SharedBulkhead):
+                rt.bulkhead.follow(view, granted=granted, fresh=bool(fresh) or renewed)
+            if isinstance(rt.limiter, SharedRateLimiter):
+                rt.limiter.follow(view)
+        self._registered = True
+        self._last_sync = self.clock.now()
+        self._refresh()
+
+    # -- health ----------------------------------------------------------------------
+
+    def _on_health(self, event: Transition) -> None:
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Recompute ``connected`` and ``status``; log a change of status, once."""
+        connected = self._registered and self._health._state is CLOSED and not self._stopping
+        if connected == self.connected:
+            return
+        self.connected = connected
+        if self.status != "stopped":
+            self.status = "connected" if connected else "degraded"
+            self._log_status()
+
+    def _log_status(self) -> None:
+        if self.connected and self._said_degraded:
+            self._said_degraded = False
+            _telemetry.logger.info(
+                "seawall.shared.recovered",
+                backend=self.backend,
+                namespace=self.namespace,
+                replica=self.replica,
+            )
+        elif not self.connected and not self._said_degraded:
+            self._said_degraded = True
+            _telemetry.logger.warning(
+                "seawall.shared.degraded",
+                backend=self.backend,
+                namespace=self.namespace,
+                replica=self.replica,
+                reason=self._degraded_reason or "unreachable",
+            )
+
+    # -- reading ---------------------------------------------------------------------
+
+    def view(self, dependency: str) -> DependencyView:
+        """The last synced aggregates of *dependency* (zeros before the first sync)."""
+        return self._views.get(dependency, _NO_VIEW)
+
+    @property
+    def health(self) -> BreakerState:
+        """The state of the breaker on the backend itself."""
+        return self._health.state
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"backend", "status", "replica", "last_sync_age", ...}``: no URL, no password."""
+        last = self._last_sync
+        return {
+            "backend": self.backend,
+            "status": self.status,
+            "replica": self.replica,
+            "namespace": self.namespace,
+            "last_sync_age": None if last is None else round(self.clock.now() - last, 3),
+            "live_replicas": self.live_replicas,
+            **self.counters.as_dict(),
+        }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _summary(rt: Runtime, state: SharedState) -> list[int]:
+    """[tripped, evidence, released, in_use, demand, cap] of one dependency, for a sync."""
+    from ._breaker import AdvisoryBreaker
+    from ._bulkhead import SharedBulkhead
+
+    tripped = evidence = released = in_use = demand = cap = 0
+    breaker = rt.breaker
+    if isinstance(breaker, AdvisoryBreaker):
+        tripped, evidence = breaker.evidence()
+    bulkhead = rt.bulkhead
+    if isinstance(bulkhead, SharedBulkhead):
+        released, in_use, demand, cap = bulkhead.summary()
+    return [tripped, evidence, released, in_use, demand, cap]
