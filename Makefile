@@ -4,7 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest docs docs-serve package bench clean
+# Tests marked slow (over ~10 s: the soak, the demo's full run) run only in CI
+# (CI=true), or when asked for: `pytest -m slow`.
+SLOW := $(if $(filter true,$(CI)),,-m "not slow")
+
+.PHONY: demo test test-fast stress-suite lint typecheck pytest docs docs-serve package bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +29,15 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict src/seawall tests/typing
 
 pytest: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(SLOW)
+
+# The inner loop: the tests without the slow ones, nothing else.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+# The suite, three times, beside a CPU hog per core: finds timing-dependent tests.
+stress-suite: $(STAMP)
+	scripts/stress_suite.sh
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir .site

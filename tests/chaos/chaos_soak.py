@@ -109,6 +109,8 @@ class SoakReport:
     seconds: float = 0.0
     phases: list[str] = field(default_factory=list)
     calls: int = 0
+    #: calls begun in each phase, by the phase's name
+    calls_by_phase: collections.Counter[str] = field(default_factory=collections.Counter)
     #: report.outcome of every call that got one
     outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     #: what the callers got: "status-200", "fallback-cache", an error type's name
@@ -135,6 +137,7 @@ class SoakReport:
         mib = 1024 * 1024
         lines = [
             f"soak: {self.seconds:.0f} s, {self.calls} calls, phases: {', '.join(self.phases)}",
+            f"  calls begun per phase: {dict(self.calls_by_phase)}",
             f"  workers started/finished: {self.workers_started}/{self.workers_finished}",
             f"  RSS: start {self.rss_start / mib:.1f} MiB, after warm-up "
             f"{self.rss_after_warmup / mib:.1f} MiB, end {self.rss_end / mib:.1f} MiB "
@@ -193,6 +196,7 @@ async def _drive(
     client = seawall.ResilientClient("soak", policy=make_policy(), base_url=upstream.url)
 
     async def call(rng: random.Random, worker: int, n: int) -> None:
+        report.calls_by_phase[report.phases[-1] if report.phases else PHASES[0][0]] += 1
         item = rng.randrange(ITEMS)
         kind = rng.choice(("GET", "GET", "PUT", "POST-key", "POST-nokey"))
         try:
@@ -246,7 +250,10 @@ async def _drive(
                 await anyio.to_thread.run_sync(upstream.stop)
             else:
                 upstream.set_default(fault)
-            phase_end = min(stop_at, time.monotonic() + phase_seconds)
+            # Phases end on a schedule fixed at the start: time spent switching
+            # (stopping the server takes a thread) never pushes the later
+            # phases past the end of the run.
+            phase_end = min(stop_at, started + (phase + 1) * phase_seconds)
             try:
                 while time.monotonic() < phase_end:
                     await anyio.sleep(min(0.25, max(0.0, phase_end - time.monotonic())))

@@ -27,6 +27,7 @@ MIB = 1024 * 1024
 RSS_GROWTH_BOUND = 30 * MIB
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_soak_under_switching_faults_leaks_nothing() -> None:
     report = await run_soak(SECONDS, phase_seconds=SECONDS / len(PHASES), workers=WORKERS)
@@ -37,20 +38,24 @@ async def test_soak_under_switching_faults_leaks_nothing() -> None:
     assert not report.escaped, report.escaped[:5]
     assert not report.unreported, report.unreported[:5]
     assert report.seconds < SECONDS + 10, "the load did not stop on time"
-    assert report.calls > 20 * SECONDS, report.calls  # steady load, not a trickle
 
-    # The faults really switched, and the stack answered both ways.
-    assert report.phases[: min(len(PHASES), len(report.phases))] == [
-        name for name, _ in PHASES[: len(report.phases)]
-    ]
+    # Every phase ran (their ends are fixed from the start, so none is pushed
+    # out of the run), in order, under steady load: a call ends within the
+    # policy's total deadline, shorter than a phase, so every worker begins
+    # calls in every phase, however slow the machine.
+    assert report.phases == [name for name, _ in PHASES], report.phases
+    total = make_policy().timeouts.total
+    assert total is not None
+    least = WORKERS if SECONDS / len(PHASES) > total + 1 else 1
+    for name in report.phases:
+        assert report.calls_by_phase[name] >= least, (name, report.calls_by_phase)
+
+    # The stack answered both ways, and to faults of every kind: stale answers,
+    # unknown outcomes, exhausted retries, an open breaker.
     assert report.outcomes["success"] > 0, report.outcomes
-    if len(report.phases) > 1:
-        assert sum(report.outcomes.values()) > report.outcomes["success"], report.outcomes
-    if len(report.phases) == len(PHASES):
-        # Faults of every kind: stale answers, unknown outcomes, open breaker.
-        for outcome in ("outcome_unknown", "retry_exhausted", "circuit_open"):
-            assert report.outcomes[outcome] > 0, (outcome, report.outcomes)
-        assert report.results["fallback-cache"] > 0, report.results
+    for outcome in ("outcome_unknown", "retry_exhausted", "circuit_open"):
+        assert report.outcomes[outcome] > 0, (outcome, report.outcomes)
+    assert report.results["fallback-cache"] > 0, report.results
 
     # Nothing held, nothing leaked.
     assert report.bulkhead_end is not None

@@ -1,13 +1,30 @@
 """Thousands of HTTP calls through the whole client stack, cancelled at random moments.
 
-Each storm sends 2000 concurrent calls (GET, PUT, POST with and without an
+Each storm sends 2000 calls (GET, PUT, POST with and without an
 Idempotency-Key) through one ResilientClient with a queueing bulkhead, a
 breaker, retries and a stale-if-error cache to a real loopback server whose
 paths answer healthy, slow, 5xx, reset or never. The plan of every call (what,
-where, whether and when it is cancelled) comes from a seeded generator; the
-breaker's clock is a ManualClock that a driver task moves during the storm,
-so the breaker opens, half-opens and probes while calls are queued and in
-flight. Afterwards every counter must add up, and nothing may be left held.
+where, whether and when it is cancelled, when it arrives) comes from a seeded
+generator.
+
+The storm comes in waves, and the test, not the machine's timing, decides
+which layer each wave meets. The breaker's clock is a ManualClock that only the
+driver moves, so the breaker changes state only when the script says so:
+
+1. ``queue``: the driver holds every bulkhead slot, as calls hung upstream
+   would, and the breaker is closed: every call of the wave queues. The slots
+   stay held until a queued call has outwaited ``max_wait`` (bulkhead_full)
+   and another was cancelled while the bulkhead was full; then the rest of the
+   wave runs through the closed breaker to the faulty server.
+2. ``open``: the driver opens the breaker with failing calls and keeps time
+   still: every call of the wave is refused (a GET gets the stale copy).
+3. ``probe``: time moves past the open duration; ``PROBES`` calls, alone, are
+   the half-open probes whose outcomes close or reopen the breaker.
+4. ``recover``: the rest arrive while the driver moves time on every few
+   milliseconds, so the breaker opens, half-opens and probes, as the faults
+   decide, while calls are queued and in flight.
+
+Afterwards every counter must add up, and nothing may be left held.
 """
 
 from __future__ import annotations
@@ -19,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import httpx
 import pytest
@@ -28,13 +46,14 @@ from seawall import BreakerState, Transition
 from seawall.testing import ManualClock, disable_waits
 from seawall.testing._upstream import Fault, FaultyUpstream
 
-pytestmark = pytest.mark.anyio
-
 CALLS = 2000
 SLOTS = 16
 PROBES = 4
 MIN_CALLS = 10
 OPEN_FOR = 5.0  # ManualClock seconds
+MAX_WAIT = 0.15  # real seconds a call may queue for a bulkhead slot
+SPREAD = 0.4  # real seconds over which the calls of a wave arrive
+SEEDS = [pytest.param(5, id="seed-5"), pytest.param(1337, id="seed-1337")]
 _TLS = ssl.create_default_context()
 
 #: path -> (server script, share of the calls)
@@ -49,9 +68,13 @@ PATHS: dict[str, tuple[tuple[Fault, ...], float]] = {
 }
 METHODS = ["GET", "GET", "GET", "PUT", "POST-key", "POST-nokey"]
 
-
 Cancel = Literal["none", "deadline", "killer"]
 CANCELS: list[Cancel] = ["none", "deadline", "killer"]
+Wave = Literal["queue", "open", "probe", "recover"]
+WAVES: list[Wave] = ["queue", "open", "probe", "recover"]
+#: The random waves and their shares of the calls (the probe wave is PROBES calls).
+RANDOM_WAVES: list[Wave] = ["queue", "open", "recover"]
+RANDOM_WAVE_WEIGHTS = [7, 4, 9]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,28 +82,45 @@ class Plan:
     """What one call does, drawn before the storm."""
 
     index: int
+    wave: Wave
     method: str
     path: str
     cancel: Cancel
     after: float  # real seconds after arrival, for a cancelled call
-    arrival: float  # real seconds after the storm starts
+    arrival: float  # real seconds after its wave starts
 
 
 def make_plans(seed: int) -> list[Plan]:
     rng = random.Random(seed)
     paths = list(PATHS)
     weights = [share for _, share in PATHS.values()]
-    return [
+    plans = [
         Plan(
             index=i,
+            wave=rng.choices(RANDOM_WAVES, RANDOM_WAVE_WEIGHTS)[0],
             method=rng.choice(METHODS),
             path=rng.choices(paths, weights)[0],
             cancel=rng.choices(CANCELS, [4, 3, 3])[0],
             after=rng.uniform(0.0, 0.3),
-            arrival=rng.uniform(0.0, 1.0),
+            arrival=rng.uniform(0.0, SPREAD),
         )
-        for i in range(CALLS)
+        for i in range(CALLS - PROBES)
     ]
+    # The probes: healthy calls, never cancelled, so each one takes a permit and
+    # records an outcome (a success, or a failure if an attempt timed out).
+    plans += [
+        Plan(
+            index=i,
+            wave="probe",
+            method=rng.choice(METHODS),
+            path="/ok",
+            cancel="none",
+            after=0.0,
+            arrival=0.0,
+        )
+        for i in range(CALLS - PROBES, CALLS)
+    ]
+    return plans
 
 
 class CountingTransport(httpx.AsyncHTTPTransport):
@@ -113,7 +153,7 @@ def make_policy() -> seawall.Policy:
             open_duration=OPEN_FOR,
             half_open_calls=PROBES,
         ),
-        bulkhead=seawall.Bulkhead(max_concurrent=SLOTS, max_wait=0.15),
+        bulkhead=seawall.Bulkhead(max_concurrent=SLOTS, max_wait=MAX_WAIT),
         fallback=seawall.Fallback(stale_if_error=1e9),
         pool=seawall.Pool(max_connections=SLOTS, max_keepalive=SLOTS),
     )
@@ -129,13 +169,32 @@ def send(client: seawall.ResilientClient, plan: Plan) -> Any:
     return client.post(url, json={"i": plan.index}, idempotency_key=key)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_every_wave_holds_the_calls_its_checks_need(seed: int) -> None:
+    """The storm's checks rest on the plan, not on luck: these calls exist."""
+    plans = make_plans(seed)
+    assert len(plans) == CALLS
+    wave = {name: [p for p in plans if p.wave == name] for name in WAVES}
+    # queue: a call that waits out max_wait, one cancelled while it queues
+    assert any(p.cancel == "none" for p in wave["queue"])
+    assert sum(p.cancel != "none" and p.after < MAX_WAIT / 2 for p in wave["queue"]) >= 10
+    # open: a refused GET (the stale copy) and a refused call with no copy to give
+    assert any(p.cancel == "none" and p.method == "GET" for p in wave["open"])
+    assert any(p.cancel == "none" and p.method != "GET" for p in wave["open"])
+    # probe: exactly as many healthy, uncancelled calls as there are permits
+    assert len(wave["probe"]) == PROBES
+    assert all(p.cancel == "none" and p.path == "/ok" for p in wave["probe"])
+    assert len(wave["recover"]) > CALLS // 4
+
+
 # httpx's request-body iterator is an async generator: when a cancellation lands while
 # httpcore sends the body, trio warns as it collects it (encode/httpx#3686).
 @pytest.mark.filterwarnings(
     "ignore:Async generator 'httpx._content.ByteStream.__aiter__' was garbage collected"
     ":ResourceWarning"
 )
-@pytest.mark.parametrize("seed", [pytest.param(5, id="seed-5"), pytest.param(1337, id="seed-1337")])
+@pytest.mark.anyio
+@pytest.mark.parametrize("seed", SEEDS)
 async def test_http_storm_with_random_cancellation_leaves_consistent_counters(seed: int) -> None:
     plans = make_plans(seed)
     clock = ManualClock()
@@ -143,16 +202,18 @@ async def test_http_storm_with_random_cancellation_leaves_consistent_counters(se
         limits=httpx.Limits(max_connections=SLOTS, max_keepalive_connections=SLOTS),
         verify=_TLS,
     )
-    tally: collections.Counter[str] = collections.Counter()  # what the callers got
-    outcomes: collections.Counter[str] = collections.Counter()  # report.outcome of each
+    # what the callers got, and report.outcome of each, per wave
+    results: dict[Wave, collections.Counter[str]] = {w: collections.Counter() for w in WAVES}
+    outcomes: dict[Wave, collections.Counter[str]] = {w: collections.Counter() for w in WAVES}
     escaped: list[BaseException] = []
     unreported: list[BaseException] = []  # errors out of a call without a CallReport
     transitions: list[tuple[Transition, int]] = []
-    peak = {"waiting": 0, "in_use": 0, "probes": 0}
+    peak = {"waiting": 0, "in_use": 0, "probes": 0}  # printed, not asserted
     scopes: dict[int, anyio.CancelScope] = {}
-    kill_order = sorted(
-        (p.arrival + p.after, p.index) for p in plans if p.cancel == "killer"
-    )  # when the killer cancels each victim, seconds after the storm starts
+    started = {w: anyio.Event() for w in WAVES}
+    done = {w: anyio.Event() for w in WAVES}
+    left = collections.Counter(p.wave for p in plans)
+    hold_over = anyio.Event()  # the queue wave has proved what it is for
 
     async with FaultyUpstream() as upstream:
         for path, (script, _) in PATHS.items():
@@ -167,58 +228,95 @@ async def test_http_storm_with_random_cancellation_leaves_consistent_counters(se
         async with client:
             for path in PATHS:
                 assert (await client.get(path)).status_code == 200
-            # Then the breaker opens: the storm begins against it, and the driver's
-            # clock half-opens it while calls are queued and in flight.
-            while breaker.state is BreakerState.CLOSED:
-                assert (await client.get("/unavailable")).status_code == 200  # stale copy
+            assert breaker.state is BreakerState.CLOSED
             warm_attempts = inner.started
 
-            async def call(plan: Plan) -> None:
+            async def kill(index: int, after: float) -> None:
+                await anyio.sleep(after)
+                victim = scopes.get(index)
+                if victim is not None:
+                    victim.cancel()
+
+            async def call(plan: Plan, helpers: anyio.abc.TaskGroup) -> None:
+                await started[plan.wave].wait()
                 await anyio.sleep(plan.arrival)
                 scope = anyio.CancelScope()
                 if plan.cancel == "deadline":
                     scope.deadline = anyio.current_time() + plan.after
+                elif plan.cancel == "killer":
+                    helpers.start_soon(kill, plan.index, plan.after)
                 scopes[plan.index] = scope
-                outcome = "unset"
+                result = "unset"
+                outcome = None
                 with scope:
                     try:
                         response = await send(client, plan)
                     except (httpx.HTTPError, seawall.SeawallError) as exc:
-                        outcome = type(exc).__name__
+                        result = type(exc).__name__
                         error_report = seawall.report_of(exc)
                         if error_report is None:
                             unreported.append(exc)
                         else:
-                            outcomes[error_report.outcome] += 1
+                            outcome = str(error_report.outcome)
                     except Exception as exc:  # anything else escaped: a bug
                         escaped.append(exc)
-                        outcome = "escaped"
+                        result = "escaped"
                     else:
                         report = seawall.report_of(response)
                         assert report is not None
-                        outcomes[report.outcome] += 1
-                        outcome = (
+                        outcome = str(report.outcome)
+                        result = (
                             f"fallback-{report.fallback}"
                             if report.fallback
                             else f"status-{response.status_code}"
                         )
                 del scopes[plan.index]
-                tally["cancelled" if scope.cancelled_caught else outcome] += 1
-
-            async def killer() -> None:
-                start = anyio.current_time()
-                for at, index in kill_order:
-                    await anyio.sleep_until(start + at)
-                    victim = scopes.get(index)
-                    if victim is not None:
-                        victim.cancel()
+                if scope.cancelled_caught:
+                    result = "cancelled"
+                results[plan.wave][result] += 1
+                if outcome is not None:
+                    outcomes[plan.wave][outcome] += 1
+                left[plan.wave] -= 1
+                if left[plan.wave] == 0:
+                    done[plan.wave].set()
+                queue = outcomes["queue"]["bulkhead_full"] and results["queue"]["cancelled"]
+                if queue or done["queue"].is_set():
+                    hold_over.set()
 
             async def driver() -> None:
-                """Moves the breaker's time (open -> half-open) and samples the figures."""
-                await anyio.sleep(0.1)  # the first arrivals meet the open breaker
+                """Runs the script: each wave starts once the previous one did its part."""
+                # 1. queue: every slot held, the breaker closed.
+                held = [bulkhead.try_acquire() for _ in range(SLOTS)]
+                assert bulkhead.statistics().in_use == SLOTS
+                started["queue"].set()
+                await hold_over.wait()
+                for token in held:
+                    assert token is not None
+                    bulkhead.release(token)
+                await done["queue"].wait()
+                # 2. open: failures open the breaker (unless the wave's already did);
+                # time stands still, so it stays open for the whole wave.
+                while breaker.state is BreakerState.CLOSED:
+                    await client.get("/unavailable")  # 503s; the stale copy
+                assert breaker.state is BreakerState.OPEN, breaker
+                started["open"].set()
+                await done["open"].wait()
+                # 3. probe: past the open duration, the probes alone.
+                retry_after = breaker.statistics().retry_after
+                assert retry_after is not None
+                clock.advance(retry_after)
+                started["probe"].set()
+                await done["probe"].wait()
+                # 4. recover: time moves on while the calls come and go.
+                started["recover"].set()
                 while True:
                     await anyio.sleep(0.01)
                     clock.advance(OPEN_FOR / 4)
+
+            async def sampler() -> None:
+                """Checks the figures' bounds all along, and notes their peaks."""
+                while True:
+                    await anyio.sleep(0.005)
                     b = bulkhead.statistics()
                     s = breaker.statistics()
                     assert 0 <= b.in_use <= SLOTS
@@ -230,16 +328,20 @@ async def test_http_storm_with_random_cancellation_leaves_consistent_counters(se
             with disable_waits(), anyio.fail_after(15):
                 async with anyio.create_task_group() as helpers:
                     helpers.start_soon(driver)
-                    helpers.start_soon(killer)
+                    helpers.start_soon(sampler)
                     async with anyio.create_task_group() as calls:
                         for plan in plans:
-                            calls.start_soon(call, plan)
+                            calls.start_soon(call, plan, helpers)
                     helpers.cancel_scope.cancel()
 
+            print(
+                f"storm seed={seed}: peak={peak} attempts={inner.started}\n"
+                + "\n".join(f"  {w}: {dict(results[w])} {dict(outcomes[w])}" for w in WAVES)
+            )
             # -- every call ended, and only in the expected ways
             assert not escaped, escaped
             assert not unreported, unreported
-            assert sum(tally.values()) == CALLS, tally
+            assert sum(sum(r.values()) for r in results.values()) == CALLS, results
             allowed = {
                 "cancelled",
                 "status-200",
@@ -253,21 +355,24 @@ async def test_http_storm_with_random_cancellation_leaves_consistent_counters(se
                 "BulkheadFullError",
                 "OutcomeUnknownError",
             }
-            assert set(tally) <= allowed, tally
-            print(
-                f"storm seed={seed}: {dict(tally)} {dict(outcomes)} peak={peak} attempts={inner.started}"
-            )
-            # The storm really went through every part of the stack.
-            for seen in ("cancelled", "status-200", "fallback-cache"):
-                assert tally[seen] > 0, (seen, tally)
-            assert outcomes["circuit_open"] > 0, outcomes
-            # Whether a queued call also outwaits max_wait (bulkhead_full) depends
-            # on the run's timing; that the bulkhead filled and queued does not.
-            assert peak["waiting"] > 0, "the bulkhead never queued a call"
-            assert peak["in_use"] == SLOTS
+            for wave in WAVES:
+                assert set(results[wave]) <= allowed, (wave, results[wave])
+
+            # -- each wave went through the layer the script sent it to
+            # queue: calls queued for the held slots, outwaited max_wait, were cancelled
+            assert outcomes["queue"]["bulkhead_full"] > 0, outcomes["queue"]
+            assert results["queue"]["cancelled"] > 0, results["queue"]
+            # open: the breaker refused every call; a GET got the stale copy
+            assert set(outcomes["open"]) == {"circuit_open"}, outcomes["open"]
+            assert set(results["open"]) <= {"cancelled", "fallback-cache", "CircuitOpenError"}
+            assert results["open"]["fallback-cache"] > 0, results["open"]
+            assert results["open"]["CircuitOpenError"] > 0, results["open"]
+            # probe: the probes half-opened the breaker and decided its state
+            assert sum(results["probe"].values()) == PROBES, results["probe"]
             states = [t.to_state for t, _ in transitions]
             assert BreakerState.HALF_OPEN in states, states
             assert any(t.reason.startswith("probes_") for t, _ in transitions), states
+            # recover: every call of it ended (counted above) and left nothing held (below)
 
             # -- nothing held
             slots = bulkhead.statistics()
