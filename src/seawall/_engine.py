@@ -31,6 +31,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import anyio
+
 from ._breaker import Breaker
 from ._deadline import _current as _ambient
 from ._decision import (
@@ -49,7 +51,6 @@ from ._decision import (
 from ._exceptions import BulkheadFullError, DeadlineExceededError, RejectedError, SeawallError
 from ._retry import backoff_delay, backoff_sleep
 from ._runtime import Runtime
-from ._timeout import attempt_scope
 
 __all__ = [
     "FrontEnd",
@@ -116,16 +117,9 @@ def deadline_of(rt: Runtime, call: Call) -> float | None:
     return None if total is None else call.start + total
 
 
-#: Functions called with the dependency's name as each call starts (seawall.db.watch).
-call_hooks: list[Any] = []
-
-
 async def run_call(fe: FrontEnd, call: Call) -> Any:
     """Run *call* through every layer; returns what ``fe.answer``/``fe.fail`` give."""
     rt = fe.rt
-    if call_hooks:  # seawall.db.watch's check: one list test when unused
-        for hook in call_hooks:
-            hook(rt.name)
     if call_hooks:  # seawall.db.watch's check: one list test when unused
         for hook in call_hooks:
             hook(rt.name)
@@ -340,7 +334,7 @@ async def run_attempt(
         if limit is None:
             result = await fe.send(call, attempt, None)
         else:
-            with attempt_scope(limit) as scope:
+            with anyio.CancelScope(deadline=anyio.current_time() + limit) as scope:
                 result = await fe.send(call, attempt, limit)
             if scope.cancelled_caught:
                 result = None

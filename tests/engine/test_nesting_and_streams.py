@@ -3,6 +3,7 @@ handed over at their headers and hold their bulkhead slot until closed."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import anyio
@@ -180,3 +181,25 @@ async def test_a_buffered_resilient_client_call_still_reads_the_body_inside_the_
         response = await client.get("/cut")
     assert response.status_code == 200
     assert upstream.count("/cut") == 2  # the broken body was retried
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_an_attempt_timeout_respects_a_shielded_cleanup() -> None:
+    """httpcore closes a connection inside a shielded scope: the attempt timeout must
+    not cut that close short (a raw Task.cancel() did, and leaked pooled connections)."""
+    finished: list[bool] = []
+
+    class ShieldedCleanup(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.3)
+                finished.append(True)
+            return httpx.Response(200)
+
+    policy = Policy(timeouts=Timeouts(attempt=0.1, total=None), retry=None, breaker=None)
+    async with seawall.ResilientClient(
+        "repro", policy=policy, base_url="http://test", transport=ShieldedCleanup()
+    ) as client:
+        with contextlib.suppress(httpx.TimeoutException):
+            await client.get("/")  # it may answer: no checkpoint came after the cut
+    assert finished == [True]
