@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # (CI=true), or when asked for: `pytest -m slow`.
 SLOW := $(if $(filter true,$(CI)),,-m "not slow")
 
-.PHONY: demo test test-fast stress-suite lint typecheck pytest docs docs-serve package bench clean
+.PHONY: demo test test-fast stress-suite lint typecheck pytest pytest-httpx2 docs docs-serve package bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(PY) -m pytest -q $(SLOW)
+	$(MAKE) --no-print-directory pytest-httpx2
+
+# The client and engine suites again, on httpx2 (seawall.httpx2's classes):
+# scripts/pytest_httpx2.py aliases httpx to httpx2 before anything imports it.
+pytest-httpx2: $(STAMP)
+	$(PY) scripts/pytest_httpx2.py -q $(SLOW) tests/client tests/engine \
+		--ignore=tests/client/test_client_httpx2.py
 
 # The inner loop: the tests without the slow ones, nothing else.
 test-fast: $(STAMP)
