@@ -113,3 +113,16 @@ class Cluster:
     async def sync_all(self) -> None:
         for replica in self.replicas:
             await replica.sync()
+
+
+async def until(condition: Any, what: str = "condition", limit: float = 10.0) -> None:
+    """Wait for *condition()* (background Redis replies landing), checking every millisecond.
+
+    It waits for an event, not out a timer: *limit* only bounds a test that
+    would otherwise hang.
+    """
+    import anyio
+
+    with anyio.fail_after(limit):
+        while not condition():  # noqa: ASYNC110 - set by replies from Redis, not by us
+            await anyio.sleep(0.001)

@@ -213,9 +213,9 @@ class SharedBulkhead:
         if slot is not None:
             return slot
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
+        start = loop.time()
         if self._in_use < self._local_cap and not self._waiters:
-            answered = await self._grant_within_budget()
+            answered = await self._grants_within_budget(start + min(seconds, self._backend.budget))
             slot = self.try_acquire()
             if slot is not None:
                 return slot
@@ -223,7 +223,8 @@ class SharedBulkhead:
                 # Redis slower than budget, or degraded: decide alone.
                 self._in_use += 1
                 return _SLOT
-        return await self._queue(deadline)
+        # No slot free anywhere: wait in line, for max_wait at most.
+        return await self._queue(min(start + seconds, loop.time() + self._max_wait))
 
     def _local_share_allows(self) -> bool:
         return (
@@ -232,17 +233,26 @@ class SharedBulkhead:
             and self._in_use < min(self._local_cap, self._share)
         )
 
-    async def _grant_within_budget(self) -> bool:
-        """Ask for slots and wait at most ``budget``; False if no answer came (or none could)."""
-        task = self._request_grant()
-        if task is None:
-            return self._backend.connected
-        self._grant_waiting += 1
-        try:
-            result = await self._backend.within_budget(task, "bulkhead", self.dependency)
-        finally:
-            self._grant_waiting -= 1
-        return result is not None
+    async def _grants_within_budget(self, deadline: float) -> bool:
+        """Ask for slots until one is ours, refused, or *deadline*; False if Redis did not
+        answer in time (or could not be asked)."""
+        loop = asyncio.get_running_loop()
+        backend = self._backend
+        while True:
+            task = self._request_grant()
+            if task is None:
+                return backend.connected  # refused a moment ago, or degraded
+            self._grant_waiting += 1
+            try:
+                result = await backend.within_budget(
+                    task, "bulkhead", self.dependency, within=deadline - loop.time()
+                )
+            finally:
+                self._grant_waiting -= 1
+            if result is None:
+                return False
+            if result[0] <= 0 or self._in_use < self._limit or loop.time() >= deadline:
+                return True  # refused, or a slot is free now, or no time left to ask again
 
     async def _queue(self, deadline: float) -> object | None:
         """Wait in line (FIFO) for a slot until *deadline*, asking for grants meanwhile."""

@@ -59,12 +59,6 @@ local live = P .. ':live'
 
 local function agg(dep) return P .. ':a:' .. dep end
 
-local function new_gen()
-  local seq = redis.call('INCR', P .. ':seq')
-  redis.call('PEXPIRE', P .. ':seq', keep)
-  return tostring(now) .. '-' .. seq
-end
-
 -- Take a record's contributions out of the aggregates that hold them.
 local function forget(rec)
   for dep, v in pairs(rec.d) do
@@ -97,8 +91,8 @@ local function sweep()
 end
 """
 
-# ARGV[4]: {"d": {dep: [tripped, evidence, released, in_use, demand, cap]},
-#           "o": {dep: [mode, ttl_ms]}}
+# ARGV[4]: {"n": a random nonce, "d": {dep: [tripped, evidence, released,
+#           in_use, demand, cap]}, "o": {dep: [mode, ttl_ms]}}
 # Returns JSON: {"e": epoch, "n": live replicas, "t": now,
 #   "d": {dep: [live, tripped, evidence, slots, pressure, override mode,
 #               override id, override ms left (-1: none), granted, fresh, own]}}
@@ -111,6 +105,13 @@ if now >= due then sweep() end
 
 local msg = cjson.decode(ARGV[4])
 local asks = msg.o or {}
+-- Generations (a record's epoch, an aggregate's) come from the replica's
+-- random nonce: unique even when a wiped server sees the same time again.
+local made = 0
+local function new_gen()
+  made = made + 1
+  return msg.n .. '-' .. made
+end
 local rkey = P .. ':r:' .. rid
 local raw = redis.call('GET', rkey)
 local rec

@@ -281,16 +281,23 @@ class SharedState:
         return task
 
     async def within_budget(
-        self, fut: asyncio.Future[T], feature: str, dependency: str
+        self,
+        fut: asyncio.Future[T],
+        feature: str,
+        dependency: str,
+        *,
+        within: float | None = None,
     ) -> T | None:
-        """*fut*'s result if it comes within ``budget``; None if not, or if it failed.
+        """*fut*'s result if it comes within ``budget`` (or *within*, if shorter); None
+        if not, or if it failed.
 
         The operation goes on in the background either way: its done-callbacks
         put its result to use.
         """
         if not fut.done():
+            limit = self.budget if within is None else max(0.0, min(within, self.budget))
             started = time.perf_counter()
-            done, _ = await asyncio.wait({fut}, timeout=self.budget)
+            done, _ = await asyncio.wait({fut}, timeout=limit)
             waited = time.perf_counter() - started
             if not done:
                 self.local_decision(feature)
@@ -370,7 +377,9 @@ class SharedState:
         for name, rt in runtimes.items():
             deps[name] = _summary(rt, self)
         asks = dict(self._asks)
-        payload = json.dumps({"d": deps, "o": {k: list(v) for k, v in asks.items()}})
+        payload = json.dumps(
+            {"n": secrets.token_hex(6), "d": deps, "o": {k: list(v) for k, v in asks.items()}}
+        )
         started = time.perf_counter()
         try:
             raw = await self._op("sync", SYNC, [*self._head(), payload])

@@ -1,0 +1,233 @@
+"""The global bulkhead on a real Redis: the cap across replicas, grants, idle slots given
+back, pressure, leases swept, strict mode, FIFO waiting, re-registration after a wipe."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from shared_helpers import Cluster, Replica, shared_policy, until
+from shared_redis_server import RedisServer
+
+import seawall
+from seawall._shared import SharedBulkhead
+from seawall.testing import ManualClock
+
+pytestmark = pytest.mark.anyio
+
+
+def capped(
+    cap: int, *, step: int | None = None, idle: float = 0.5, local: int = 10, **kw: object
+) -> seawall.Policy:
+    return shared_policy(
+        shared=seawall.Shared(
+            bulkhead=seawall.GlobalBulkhead(max_concurrent=cap, grant_step=step, idle_release=idle)
+        ),
+        bulkhead=seawall.Bulkhead(max_concurrent=local, **kw),  # type: ignore[arg-type]
+    )
+
+
+class Gate:
+    """Calls that hold their slot until released; counts what is in flight per replica."""
+
+    def __init__(self) -> None:
+        self.in_flight: dict[str, int] = {}
+        self.peak = 0
+        self.event = anyio.Event()
+        self.refused: list[str] = []
+        self.done = 0
+
+    async def hold(self, name: str) -> None:
+        self.in_flight[name] = self.in_flight.get(name, 0) + 1
+        self.peak = max(self.peak, sum(self.in_flight.values()))
+        try:
+            await self.event.wait()
+        finally:
+            self.in_flight[name] -= 1
+
+    async def call(self, replica: Replica, name: str) -> None:
+        try:
+            await replica.guard.call(self.hold, name)
+        except seawall.BulkheadFullError as exc:
+            self.refused.append(str(exc))
+        self.done += 1
+
+    @property
+    def running(self) -> int:
+        return sum(self.in_flight.values())
+
+
+async def test_the_cap_holds_across_replicas(cluster: Cluster) -> None:
+    a, b = await cluster.add(capped(6, step=2), 2)
+    assert isinstance(a.bulkhead, SharedBulkhead)
+    gate = Gate()
+    async with anyio.create_task_group() as tg:
+        for _ in range(8):
+            tg.start_soon(gate.call, a, "a")
+            tg.start_soon(gate.call, b, "b")
+        await until(lambda: gate.running + len(gate.refused) == 16)
+        assert gate.running == 6
+        assert len(gate.refused) == 10
+        assert all("global bulkhead of 'pay' is full" in m for m in gate.refused)
+        assert a.bulkhead.held + b.bulkhead.held == 6
+        await a.sync()
+        assert a.state.view("pay").slots == 6
+        gate.event.set()
+    assert gate.peak == 6
+    assert a.state.counters.round_trips["grant"] >= 1
+
+
+async def test_a_call_costs_no_round_trip_while_the_pocket_has_slots(cluster: Cluster) -> None:
+    (a,) = await cluster.add(capped(40, step=8))
+    await a.succeed(1)
+    grants = a.state.counters.round_trips["grant"]
+    assert grants == 1
+    assert a.bulkhead.held == 8
+    await a.succeed(50)  # sequential: one slot at a time, from the pocket
+    assert a.state.counters.round_trips["grant"] == grants
+
+
+async def test_idle_slots_go_back_after_idle_release(cluster: Cluster, clock: ManualClock) -> None:
+    (a,) = await cluster.add(capped(40, step=4, idle=0.5))
+    await a.succeed(3)
+    assert a.bulkhead.held == 4
+    await a.sync()
+    assert a.state.view("pay").slots == 4
+    clock.advance(0.5)
+    await a.sync()  # the first window saw slots in use
+    clock.advance(0.5)
+    await a.sync()  # four slots idle for a whole window: back
+    assert a.bulkhead.held == 0
+    assert a.state.view("pay").slots == 0
+    await a.succeed(1)  # and a grant again when needed
+    assert a.bulkhead.held == 4
+
+
+async def test_pressure_makes_idle_slots_go_back_at_once(cluster: Cluster) -> None:
+    a, b = await cluster.add(capped(4, step=4, idle=60.0), 2)
+    await a.succeed(1)  # a holds all four, idle
+    with pytest.raises(seawall.BulkheadFullError, match="global"):
+        await b.succeed(1)
+    await a.sync()  # told of the pressure: gives its idle slots back now
+    await until(lambda: a.bulkhead.held == 0 and a.bulkhead._flush is None)
+    await b.sync()
+    assert b.state.view("pay").slots == 0
+    await b.succeed(1)
+    assert b.bulkhead.held == 4
+
+
+async def test_a_silent_replica_loses_its_slots_with_its_lease(
+    cluster: Cluster, clock: ManualClock
+) -> None:
+    a, b = await cluster.add(capped(4, step=4, idle=3600.0), 2, lease_ttl=60.0)
+    await a.succeed(1)
+    with pytest.raises(seawall.BulkheadFullError):
+        await b.succeed(1)
+    clock.advance(61)  # a never syncs again (a dead or cut-off replica)
+    await b.sync()  # the sweep is due: a's lease is over
+    assert b.state.view("pay").slots == 0
+    assert b.state.live_replicas == 1
+    await b.succeed(1)
+    assert b.bulkhead.held == 4
+
+
+async def test_strict_mode_is_one_grant_per_call_and_slots_go_back_at_once(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    policy = capped(2, step=1, idle=0.0)
+    a, b = await cluster.add(policy, 2)
+    for _ in range(3):
+        await a.succeed(1)
+        await until(lambda: a.bulkhead.held == 0 and a.bulkhead._flush is None)
+    assert a.state.counters.round_trips["grant"] == 3
+    gate = Gate()
+    async with anyio.create_task_group() as tg:
+        for _ in range(2):
+            tg.start_soon(gate.call, a, "a")
+            tg.start_soon(gate.call, b, "b")
+        await until(lambda: gate.running + len(gate.refused) == 4)
+        assert gate.running == 2
+        gate.event.set()
+    await until(lambda: a.bulkhead.held + b.bulkhead.held == 0)
+    await a.sync()
+    assert a.state.view("pay").slots == 0
+
+
+async def test_waiters_are_served_first_come_first_served(cluster: Cluster) -> None:
+    (a,) = await cluster.add(capped(2, step=2, max_wait=30.0))
+    order: list[int] = []
+    gates = [anyio.Event() for _ in range(4)]
+
+    async def call(i: int) -> None:
+        async def work() -> None:
+            order.append(i)
+            await gates[i].wait()
+
+        await a.guard.call(work)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, 0)
+        await until(lambda: order == [0])
+        tg.start_soon(call, 1)
+        await until(lambda: order == [0, 1])
+        tg.start_soon(call, 2)
+        await until(lambda: a.bulkhead.statistics().waiting == 1)
+        tg.start_soon(call, 3)
+        await until(lambda: a.bulkhead.statistics().waiting == 2)
+        gates[1].set()
+        await until(lambda: order == [0, 1, 2])
+        gates[0].set()
+        await until(lambda: order == [0, 1, 2, 3])
+        gates[2].set()
+        gates[3].set()
+    assert a.bulkhead.statistics().in_use == 0
+
+
+async def test_after_a_wipe_the_replica_re_registers_the_slots_its_calls_hold(
+    own_redis: RedisServer, namespace: str, clock: ManualClock
+) -> None:
+    import contextlib
+
+    async with contextlib.AsyncExitStack() as stack:
+        cluster = Cluster(own_redis.url, namespace, clock, stack)
+        a, b = await cluster.add(capped(4, step=1, idle=3600.0), 2)
+        gate = Gate()
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(gate.call, a, "a")
+            await until(lambda: gate.running == 3)
+            own_redis.flushall()
+            await a.sync()  # a new record: a holds what its three calls in flight need
+            assert a.bulkhead.held == 3
+            await b.sync()
+            assert b.state.view("pay").slots == 3
+            for _ in range(2):
+                tg.start_soon(gate.call, b, "b")
+            await until(lambda: gate.running + len(gate.refused) == 5)
+            assert gate.in_flight.get("b") == 1
+            assert len(gate.refused) == 1
+            gate.event.set()
+
+
+async def test_over_its_grant_after_a_wipe_a_replica_starts_no_call(
+    own_redis: RedisServer, namespace: str, clock: ManualClock
+) -> None:
+    import contextlib
+
+    async with contextlib.AsyncExitStack() as stack:
+        cluster = Cluster(own_redis.url, namespace, clock, stack)
+        a, b = await cluster.add(capped(4, step=1, idle=3600.0), 2)
+        gate = Gate()
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(gate.call, a, "a")
+            await until(lambda: gate.running == 2)
+            own_redis.flushall()
+            await b.sync()
+            for _ in range(4):
+                tg.start_soon(gate.call, b, "b")  # b takes the whole cap first
+            await until(lambda: gate.in_flight.get("b") == 4)
+            await a.sync()  # nothing left for a's two calls: it holds none
+            assert a.bulkhead.held == 0
+            with pytest.raises(seawall.BulkheadFullError):
+                await a.succeed(1)
+            gate.event.set()
