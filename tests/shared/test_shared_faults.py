@@ -221,3 +221,23 @@ async def test_the_password_appears_nowhere(
         assert "[secure]" in repr(state)
     finally:
         server.stop()
+
+
+async def test_an_evicted_aggregate_is_counted_anew_by_every_replica(
+    faulty: Cluster, own_redis: RedisServer
+) -> None:
+    shared = seawall.Shared(
+        breaker="advisory",
+        bulkhead=seawall.GlobalBulkhead(max_concurrent=8, grant_step=2, idle_release=3600.0),
+    )
+    a, b = await faulty.add(policy(shared), 2)
+    await a.fail(4)  # a's calls took two slots, b's one two more
+    await b.succeed(1)
+    await faulty.sync_all()
+    assert b.state.view("pay").slots == 4
+    # An allkeys-* eviction (or a hand) drops the aggregate, the records stay.
+    own_redis.client().hdel(f"{{seawall:{faulty.namespace}}}:agg", "pay")
+    for _ in range(2):
+        await faulty.sync_all()
+    view = b.state.view("pay")
+    assert (view.live, view.tripped, view.evidence, view.slots) == (2, 1, 1, 4)

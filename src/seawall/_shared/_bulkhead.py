@@ -375,14 +375,16 @@ class SharedBulkhead:
         self._follow_status()
         return self._released, self._in_use, demand, self._cap
 
-    def follow(self, view: DependencyView, *, granted: int, fresh: bool) -> None:
-        """Act on a sync's reply: what Redis says this replica holds, the live replicas."""
+    def follow(self, view: DependencyView, *, granted: int, released: int, fresh: bool) -> None:
+        """Act on a sync's reply: what Redis says this replica was granted and gave back
+        (cumulative: a reply lost on the way is made good here), the live replicas."""
         self._view = view
         if fresh:
-            self._granted, self._released = granted, 0
+            self._granted, self._released = granted, released
             self._low = 0
         else:
             self._granted = max(self._granted, granted)
+            self._released = max(self._released, released)
         self._share = max(1, self._cap // max(1, view.live))
         self._pressure = view.pressure
         if view.slots < self._cap:

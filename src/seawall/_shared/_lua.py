@@ -4,20 +4,28 @@ Every coordination key of a namespace shares one hash tag, ``{seawall:<ns>}``
 (``KEYS[1]``), so each script touches one slot, Redis Cluster included::
 
     P:live          ZSET  replica -> last heartbeat (ms)
-    P:r:<replica>   STR   the replica's record (JSON): epoch "g" and, per
-                          dependency, [tripped, evidence, granted, released,
-                          demand, aggregate generation]
-    P:a:<dep>       HASH  aggregates: live, trip, evid, slots, dem; pressure
-                          until "pu"; override "ovm", "ovi", "ovu"; generation "ag"
+    P:r:<replica>   HASH  the replica's record: "_g" its epoch, and per
+                          dependency "tripped evidence granted released demand
+                          generation"
+    P:agg           HASH  per dependency, "generation live tripped evidence
+                          slots demand pressure-until override-mode override-id
+                          override-until"
     P:sweep         STR   when the next sweep is due (ms)
     P:g:<dep>       STR   the GCRA theoretical arrival time (us)
 
 A sync applies the change from the replica's previous record to the
-aggregates and returns them: its work is O(dependencies). Slots are counted
-with cumulative totals (granted by Redis, released by the replica), so a
-reply that never arrived is made good by the next sync, and a release sent
-twice counts once. An aggregate carries a generation: a record entry counted
-under another generation (the aggregate was evicted or expired) is counted
+aggregates, for the dependencies whose summary changed since the last sync
+(all of them in a full sync: the first, after a re-registration, and every
+lease), and returns the aggregates of every dependency as stored strings
+(and, in a full sync, the record's entries). Redis does no per-dependency
+work for an unchanged one beyond copying a string into the reply; the
+replica parses them. A replica that sees an aggregate's generation change
+under it (the aggregate was lost) sends that dependency again.
+
+Slots are counted with cumulative totals (granted by Redis, released by the
+replica), so a reply that never arrived is made good by the next sync, and a
+release sent twice counts once. An aggregate carries a generation: a record
+entry counted under another generation (the aggregate was lost) is counted
 anew instead of being subtracted from counts that never held it. Replicas
 silent for the lease are swept every half lease, and on a refused grant.
 """
@@ -56,22 +64,58 @@ end
 local ttl = tonumber(ARGV[3])
 local keep = math.ceil(ttl * 3)
 local live = P .. ':live'
+local AGG = P .. ':agg'
 
-local function agg(dep) return P .. ':a:' .. dep end
+-- An aggregate: generation, live, tripped, evidence, slots, demand, pressure
+-- until, override mode ('-': none), override id, override until (0: none).
+local function agg_parse(s)
+  if not s then return nil end
+  local ag, l, t, e, sl, d, pu, ovm, ovi, ovu = string.match(s,
+    '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  return {ag, tonumber(l), tonumber(t), tonumber(e), tonumber(sl), tonumber(d),
+          tonumber(pu), ovm, tonumber(ovi), tonumber(ovu)}
+end
+local function agg_text(a) return table.concat(a, ' ') end
 
--- Take a record's contributions out of the aggregates that hold them.
-local function forget(rec)
-  for dep, v in pairs(rec.d) do
-    local a = agg(dep)
-    if redis.call('HGET', a, 'ag') == v[6] then
-      redis.call('HINCRBY', a, 'live', -1)
-      if v[1] ~= 0 then redis.call('HINCRBY', a, 'trip', -v[1]) end
-      if v[2] ~= 0 then redis.call('HINCRBY', a, 'evid', -v[2]) end
-      local held = v[3] - v[4]
-      if held ~= 0 then redis.call('HINCRBY', a, 'slots', -held) end
-      if v[5] ~= 0 then redis.call('HINCRBY', a, 'dem', -v[5]) end
+-- A record entry: tripped, evidence, granted, released, demand, the
+-- generation of the aggregate that counts it.
+local function ent_parse(s)
+  if not s then return nil end
+  local t, e, gt, rt, dm, ag = string.match(s, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  return {tonumber(t), tonumber(e), tonumber(gt), tonumber(rt), tonumber(dm), ag}
+end
+local function ent_text(v) return table.concat(v, ' ') end
+
+-- Take record entries out of the aggregates that count them; HSET the changes.
+local function subtract(deps, ents)
+  if #deps == 0 then return end
+  local aggs = redis.call('HMGET', AGG, unpack(deps))
+  local upd = {}
+  for i, dep in ipairs(deps) do
+    local a, v = agg_parse(aggs[i]), ents[i]
+    if a and v and a[1] == v[6] then
+      a[2] = a[2] - 1
+      a[3] = a[3] - v[1]
+      a[4] = a[4] - v[2]
+      a[5] = a[5] - (v[3] - v[4])
+      a[6] = a[6] - v[5]
+      upd[#upd + 1] = dep
+      upd[#upd + 1] = agg_text(a)
     end
   end
+  if #upd > 0 then redis.call('HSET', AGG, unpack(upd)) end
+end
+
+local function forget(rkey)
+  local flat = redis.call('HGETALL', rkey)
+  local deps, ents = {}, {}
+  for i = 1, #flat, 2 do
+    if flat[i] ~= '_g' then
+      deps[#deps + 1] = flat[i]
+      ents[#ents + 1] = ent_parse(flat[i + 1])
+    end
+  end
+  subtract(deps, ents)
 end
 
 -- Replicas silent for longer than the lease lose their counts and slots.
@@ -79,114 +123,124 @@ local function sweep()
   local gone = redis.call('ZRANGEBYSCORE', live, '-inf', '(' .. (now - ttl), 'LIMIT', 0, 256)
   for _, r in ipairs(gone) do
     local k = P .. ':r:' .. r
-    local raw = redis.call('GET', k)
-    if raw then
-      forget(cjson.decode(raw))
-      redis.call('DEL', k)
-    end
+    forget(k)
+    redis.call('DEL', k)
     redis.call('ZREM', live, r)
   end
+  -- The aggregates and the live set stay alive while any replica syncs.
+  redis.call('PEXPIRE', AGG, keep)
+  redis.call('PEXPIRE', live, keep)
   redis.call('SET', P .. ':sweep', tostring(now + ttl / 2), 'PX', keep)
   return #gone
 end
 """
 
-# ARGV[4]: {"n": a random nonce, "d": {dep: [tripped, evidence, released,
-#           in_use, demand, cap]}, "o": {dep: [mode, ttl_ms]}}
-# Returns JSON: {"e": epoch, "n": live replicas, "t": now,
-#   "d": {dep: [live, tripped, evidence, slots, pressure, override mode,
-#               override id, override ms left (-1: none), granted, fresh, own]}}
+# ARGV[4] nonce, ARGV[5] the replica's epoch, ARGV[6] '1' for a full sync,
+# ARGV[7] n changed dependencies, then n x [dep, tripped, evidence, released,
+# in use, demand, cap, override mode ('' none), override ttl ms], then
+# k gone and k names, then every dependency's name (for the reply).
+# Returns {'full'} when the record is missing (or of another epoch) and the
+# sync was not full; else {epoch, live replicas, now, aggregates, entries}:
+# the raw aggregate strings of every dependency named, and (full syncs only)
+# its record entries.
 SYNC = Script(
     "sync",
     _PREAMBLE
     + r"""
+local nonce, epoch, full = ARGV[4], ARGV[5], ARGV[6] == '1'
+local nch = tonumber(ARGV[7])
+local at = 8 + nch * 9
+local ngone = tonumber(ARGV[at])
+local first = at + 1 + ngone
+
 local due = tonumber(redis.call('GET', P .. ':sweep') or '0')
 if now >= due then sweep() end
 
-local msg = cjson.decode(ARGV[4])
-local asks = msg.o or {}
--- Generations (a record's epoch, an aggregate's) come from the replica's
--- random nonce: unique even when a wiped server sees the same time again.
-local made = 0
-local function new_gen()
-  made = made + 1
-  return msg.n .. '-' .. made
-end
 local rkey = P .. ':r:' .. rid
-local raw = redis.call('GET', rkey)
-local rec
-if raw then rec = cjson.decode(raw) else rec = {g = new_gen(), d = {}} end
+local g = redis.call('HGET', rkey, '_g')
+if not g then
+  -- (Re-)registering: only a full sync carries every dependency's calls in flight.
+  if not full then return {'full'} end
+  g = nonce
+  redis.call('HSET', rkey, '_g', g)
+elseif g ~= epoch and not full then
+  return {'full'}
+end
 
-local out, nd = {}, {}
-for dep, v in pairs(msg.d) do
-  local a = agg(dep)
-  local ag = redis.call('HGET', a, 'ag')
-  if not ag then
-    ag = new_gen()
-    redis.call('HSET', a, 'ag', ag)
-  end
-  local cap = v[6]
-  local old = rec.d[dep]
-  local fresh, gt, rt = 0, 0, 0
-  if old == nil then
-    -- (Re-)registering: hold the calls in flight, as far as the cap allows.
-    fresh = 1
-    if cap > 0 then
-      local slots = tonumber(redis.call('HGET', a, 'slots') or '0')
-      gt = math.max(0, math.min(v[4], cap - slots))
+-- Generations come from the replica's random nonce: unique even when a
+-- wiped server sees the same time again.
+local made = 0
+if nch > 0 then
+  local names = {}
+  for i = 0, nch - 1 do names[i + 1] = ARGV[8 + i * 9] end
+  local ents = redis.call('HMGET', rkey, unpack(names))
+  local aggs = redis.call('HMGET', AGG, unpack(names))
+  local au, ru = {}, {}
+  for i = 1, nch do
+    local b = 8 + (i - 1) * 9
+    local dep = names[i]
+    local t, e, rel = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+    local inuse, dm, cap = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
+    local a = agg_parse(aggs[i])
+    if not a then
+      made = made + 1
+      a = {nonce .. '-' .. made, 0, 0, 0, 0, 0, 0, '-', 0, 0}
     end
-    old = {0, 0, 0, 0, 0, ''}
-  else
-    gt = old[3]
-    rt = math.max(old[4], math.min(v[3], gt))
-  end
-  if old[6] ~= ag then
-    redis.call('HINCRBY', a, 'live', 1)
-    old = {0, 0, 0, 0, 0, ag}
-  end
-  if v[1] ~= old[1] then redis.call('HINCRBY', a, 'trip', v[1] - old[1]) end
-  if v[2] ~= old[2] then redis.call('HINCRBY', a, 'evid', v[2] - old[2]) end
-  local dh = (gt - rt) - (old[3] - old[4])
-  if dh ~= 0 then redis.call('HINCRBY', a, 'slots', dh) end
-  if v[5] ~= old[5] then redis.call('HINCRBY', a, 'dem', v[5] - old[5]) end
-  nd[dep] = {v[1], v[2], gt, rt, v[5], ag}
-  local mine = 0
-  local ask = asks[dep]
-  if ask then
-    local id = redis.call('HINCRBY', a, 'ovs', 1)
-    local untl = 0
-    if ask[2] > 0 then untl = now + ask[2] end
-    redis.call('HSET', a, 'ovm', ask[1], 'ovi', id, 'ovu', untl)
-    mine = 1
-  end
-  local f = redis.call('HMGET', a, 'live', 'trip', 'evid', 'slots', 'dem', 'pu', 'ovm', 'ovi', 'ovu')
-  local slots = tonumber(f[4] or '0')
-  local pressure = 0
-  if tonumber(f[6] or '0') > now or (cap > 0 and tonumber(f[5] or '0') > 0 and slots >= cap) then
-    pressure = 1
-  end
-  local ovm, ovi, left = f[7] or '', tonumber(f[8] or '0'), -1
-  if ovm ~= '' then
-    local untl = tonumber(f[9] or '0')
-    if untl > 0 then
-      if untl <= now then ovm, ovi = '', 0 else left = untl - now end
+    local old = ent_parse(ents[i])
+    local gt, rt = 0, 0
+    if not old then
+      -- New here: hold the calls in flight, as far as the cap allows.
+      if cap > 0 then gt = math.max(0, math.min(inuse, cap - a[5])) end
+      old = {0, 0, 0, 0, 0, ''}
+    else
+      gt = old[3]
+      rt = math.max(old[4], math.min(rel, gt))
     end
+    if old[6] ~= a[1] then
+      -- Not counted in this aggregate (new, or it was lost): counted anew.
+      a[2] = a[2] + 1
+      old = {0, 0, 0, 0, 0, a[1]}
+    end
+    a[3] = a[3] + t - old[1]
+    a[4] = a[4] + e - old[2]
+    a[5] = a[5] + (gt - rt) - (old[3] - old[4])
+    a[6] = a[6] + dm - old[5]
+    local mode = ARGV[b + 7]
+    if mode ~= '' then
+      local ms = tonumber(ARGV[b + 8])
+      a[8], a[9], a[10] = mode, a[9] + 1, 0
+      if ms > 0 then a[10] = now + ms end
+    end
+    au[#au + 1] = dep
+    au[#au + 1] = agg_text(a)
+    ru[#ru + 1] = dep
+    ru[#ru + 1] = ent_text({t, e, gt, rt, dm, a[1]})
   end
-  out[dep] = {tonumber(f[1] or '0'), tonumber(f[2] or '0'), tonumber(f[3] or '0'), slots, pressure,
-              ovm, ovi, left, gt, fresh, mine}
-  redis.call('PEXPIRE', a, keep)
+  redis.call('HSET', AGG, unpack(au))
+  redis.call('HSET', rkey, unpack(ru))
+  if made > 0 then redis.call('PEXPIRE', AGG, keep) end
 end
--- Dependencies this replica no longer serves.
-local gone = {d = {}}
-for dep, v in pairs(rec.d) do
-  if nd[dep] == nil then gone.d[dep] = v end
+if ngone > 0 then
+  -- Dependencies this replica no longer serves.
+  local names = {}
+  for i = 1, ngone do names[i] = ARGV[at + i] end
+  local raw = redis.call('HMGET', rkey, unpack(names))
+  local ents = {}
+  for i = 1, ngone do ents[i] = ent_parse(raw[i]) end
+  subtract(names, ents)
+  redis.call('HDEL', rkey, unpack(names))
 end
-forget(gone)
-rec.d = nd
-redis.call('SET', rkey, cjson.encode(rec), 'PX', keep)
-redis.call('ZADD', live, now, rid)
-redis.call('PEXPIRE', live, keep)
-return cjson.encode({e = rec.g, n = redis.call('ZCARD', live), t = now, d = out})
+if redis.call('ZADD', live, now, rid) == 1 then redis.call('PEXPIRE', live, keep) end
+local n = redis.call('ZCARD', live)
+local entries = {}
+if full then
+  -- Every lease: the record's TTL, and its entries (granted and released in
+  -- all) so that the replica makes good any grant whose reply it lost.
+  redis.call('PEXPIRE', rkey, keep)
+  if #ARGV >= first then entries = redis.call('HMGET', rkey, unpack(ARGV, first)) end
+end
+if #ARGV < first then return {g, n, tostring(now), {}, entries} end
+return {g, n, tostring(now), redis.call('HMGET', AGG, unpack(ARGV, first)), entries}
 """,
 )
 
@@ -199,37 +253,38 @@ SLOTS = Script(
     + r"""
 local dep, op, n, cap, epoch = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local rkey = P .. ':r:' .. rid
-local raw = redis.call('GET', rkey)
-if not raw then return {-1, '', 0} end
-local rec = cjson.decode(raw)
-local v = rec.d[dep]
-local a = agg(dep)
-if rec.g ~= epoch or v == nil or redis.call('HGET', a, 'ag') ~= v[6] then
-  return {-1, rec.g, 0}
-end
+local r = redis.call('HMGET', rkey, '_g', dep)
+local v, a = ent_parse(r[2]), agg_parse(redis.call('HGET', AGG, dep))
+if r[1] ~= epoch or not v or not a or a[1] ~= v[6] then return {-1, r[1] or '', 0} end
 if op == 'r' then
   local rt = math.max(v[4], math.min(n, v[3]))
   if rt ~= v[4] then
-    redis.call('HINCRBY', a, 'slots', v[4] - rt)
+    a[5] = a[5] - (rt - v[4])
     v[4] = rt
-    redis.call('SET', rkey, cjson.encode(rec), 'KEEPTTL')
+    redis.call('HSET', AGG, dep, agg_text(a))
+    redis.call('HSET', rkey, dep, ent_text(v))
   end
-  return {0, rec.g, v[3]}
+  return {0, epoch, v[3]}
 end
-local avail = cap - tonumber(redis.call('HGET', a, 'slots') or '0')
+local avail = cap - a[5]
 if avail <= 0 and sweep() > 0 then
-  if redis.call('EXISTS', rkey) == 0 then return {-1, '', 0} end
-  avail = cap - tonumber(redis.call('HGET', a, 'slots') or '0')
+  -- Slots of dead replicas freed (this one may have been swept too).
+  r = redis.call('HMGET', rkey, '_g', dep)
+  v, a = ent_parse(r[2]), agg_parse(redis.call('HGET', AGG, dep))
+  if r[1] ~= epoch or not v or not a or a[1] ~= v[6] then return {-1, r[1] or '', 0} end
+  avail = cap - a[5]
 end
 if avail <= 0 then
-  redis.call('HSET', a, 'pu', now + tonumber(ARGV[9]))
-  return {0, rec.g, v[3]}
+  a[7] = now + tonumber(ARGV[9])
+  redis.call('HSET', AGG, dep, agg_text(a))
+  return {0, epoch, v[3]}
 end
 local g = math.min(n, avail)
 v[3] = v[3] + g
-redis.call('HINCRBY', a, 'slots', g)
-redis.call('SET', rkey, cjson.encode(rec), 'KEEPTTL')
-return {g, rec.g, v[3]}
+a[5] = a[5] + g
+redis.call('HSET', AGG, dep, agg_text(a))
+redis.call('HSET', rkey, dep, ent_text(v))
+return {g, epoch, v[3]}
 """,
 )
 
@@ -239,11 +294,8 @@ LEAVE = Script(
     _PREAMBLE
     + r"""
 local rkey = P .. ':r:' .. rid
-local raw = redis.call('GET', rkey)
-if raw then
-  forget(cjson.decode(raw))
-  redis.call('DEL', rkey)
-end
+forget(rkey)
+redis.call('DEL', rkey)
 redis.call('ZREM', live, rid)
 return 1
 """,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import math
 import os
 import secrets
 import socket
@@ -131,6 +131,13 @@ class SharedState:
         self._epoch = ""
         self._views: dict[str, DependencyView] = {}
         self._asks: dict[str, tuple[str, int]] = {}
+        # What the last syncs carried, per dependency (a change is sent, the rest is not).
+        self._acked: dict[str, tuple[int, ...]] = {}
+        self._dirty: set[str] = set()
+        self._sending: list[str] = []
+        # The generation of each aggregate as last seen.
+        self._generations: dict[str, str] = {}
+        self._last_full = -math.inf
         self._last_sync: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._ops: set[asyncio.Task[Any]] = set()
@@ -193,6 +200,10 @@ class SharedState:
         self._stopping = False
         self._registered = False
         self._epoch = ""
+        self._acked.clear()
+        self._dirty.clear()
+        self._generations.clear()
+        self._last_full = -math.inf
         await self._open()
         self.status = "degraded"
         await self.sync()
@@ -373,61 +384,112 @@ class SharedState:
         if self._health._state is not CLOSED and not self._health.would_admit():
             return False  # degraded, and no probe due yet
         runtimes = self._shared_runtimes()
-        deps: dict[str, list[int]] = {}
-        for name, rt in runtimes.items():
-            deps[name] = _summary(rt, self)
+        summaries = {name: _summary(rt) for name, rt in runtimes.items()}
         asks = dict(self._asks)
-        payload = json.dumps(
-            {"n": secrets.token_hex(6), "d": deps, "o": {k: list(v) for k, v in asks.items()}}
-        )
+        now = self.clock.now()
+        full = not self._epoch or now - self._last_full >= self.lease_ttl
         started = time.perf_counter()
         try:
-            raw = await self._op("sync", SYNC, [*self._head(), payload])
+            reply = await self._op("sync", SYNC, self._sync_args(summaries, asks, full))
+            if len(reply) == 1:  # the record is gone (wiped, swept): register again
+                full = True
+                reply = await self._op("sync", SYNC, self._sync_args(summaries, asks, full))
         except Unavailable:
             return False
-        duration = time.perf_counter() - started
         instruments = _telemetry.metrics_for(self)
         if instruments is not None:
-            instruments.sync_duration.record(duration)
+            instruments.sync_duration.record(time.perf_counter() - started)
+        if full:
+            self._last_full = now
+            self._acked.clear()
         for name, ask in asks.items():
             if self._asks.get(name) == ask:
                 del self._asks[name]
-        reply = json.loads(_text(raw))
-        self._apply(reply, runtimes, asks)
+        for name in self._sending:
+            self._acked[name] = _key(summaries[name])
+            self._dirty.discard(name)
+        for name in [n for n in self._acked if n not in summaries]:
+            del self._acked[name]
+        self._apply(reply, runtimes, summaries, asks)
         return True
 
+    def _sync_args(
+        self,
+        summaries: dict[str, list[int]],
+        asks: dict[str, tuple[str, int]],
+        full: bool,
+    ) -> list[str | int | float]:
+        """The sync script's arguments: every changed dependency (all when *full*)."""
+        acked, dirty = self._acked, self._dirty
+        changed: list[str | int | float] = []
+        self._sending = sending = []
+        for name, summary in summaries.items():
+            ask = asks.get(name)
+            if full or ask or name in dirty or acked.get(name) != _key(summary):
+                sending.append(name)
+                changed += [name, *summary, *(ask or ("", 0))]
+        gone = [name for name in acked if name not in summaries]
+        return [
+            *self._head(),
+            secrets.token_hex(6),
+            self._epoch,
+            "1" if full else "0",
+            len(sending),
+            *changed,
+            len(gone),
+            *gone,
+            *summaries,
+        ]
+
     def _apply(
-        self, reply: dict[str, Any], runtimes: dict[str, Runtime], asks: dict[str, Any]
+        self,
+        reply: list[Any],
+        runtimes: dict[str, Runtime],
+        summaries: dict[str, list[int]],
+        asks: dict[str, tuple[str, int]],
     ) -> None:
         from ._breaker import AdvisoryBreaker
         from ._bulkhead import SharedBulkhead
         from ._ratelimit import SharedRateLimiter
 
-        self.live_replicas = max(1, int(reply["n"]))
-        renewed = reply["e"] != self._epoch
-        self._epoch = reply["e"]
-        for name, row in reply["d"].items():
-            live, tripped, evidence, slots, pressure, ovm, ovi, left, granted, fresh, own = row
-            view = DependencyView(
-                live=max(1, live),
-                tripped=tripped,
-                evidence=evidence,
-                slots=slots,
-                pressure=bool(pressure),
-                override=ovm or None,
-                override_id=ovi,
-                override_left=None if left < 0 else left / 1000,
-            )
-            self._views[name] = view
-            rt = runtimes.get(name)
-            if rt is None:
-                continue
+        epoch, live, server_now, aggregates, entries = reply
+        epoch = _text(epoch)
+        renewed = epoch != self._epoch
+        self._epoch = epoch
+        self.live_replicas = max(1, int(live))
+        now = float(_text(server_now))
+        names = list(summaries)
+        parsed_entries = (
+            dict(zip(names, map(_parse_entry, entries), strict=True)) if entries else {}
+        )
+        generations = self._generations
+        for name, agg in zip(names, aggregates, strict=True):
+            view = _view(agg, now, summaries[name][5])
+            dep_view = view[0] if view is not None else DependencyView()
+            entry = parsed_entries.get(name)
+            if view is None:
+                self._dirty.add(name)
+            else:
+                # Not counted in this aggregate (it was lost, and made again since):
+                # send this dependency again, to be counted anew.
+                seen = entry[5] if entry is not None else generations.get(name, view[1])
+                if seen != view[1]:
+                    self._dirty.add(name)
+                generations[name] = view[1]
+            self._views[name] = dep_view
+            rt = runtimes[name]
             if isinstance(rt.breaker, AdvisoryBreaker):
-                rt.breaker.follow(view, own=bool(own))
+                rt.breaker.follow(dep_view, own=name in asks)
             if isinstance(rt.bulkhead, SharedBulkhead):
-                rt.bulkhead.follow(view, granted=granted, fresh=bool(fresh) or renewed)
+                granted, released = (entry[2], entry[3]) if entry is not None else (0, 0)
+                rt.bulkhead.follow(
+                    dep_view,
+                    granted=granted,
+                    released=released,
+                    fresh=renewed and entry is not None,
+                )
             if isinstance(rt.limiter, SharedRateLimiter):
-                rt.limiter.follow(view)
+                rt.limiter.follow(dep_view)
         self._registered = True
         self._last_sync = self.clock.now()
         self._refresh()
@@ -495,7 +557,46 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _summary(rt: Runtime, state: SharedState) -> list[int]:
+def _key(summary: list[int]) -> tuple[int, ...]:
+    """What makes a summary worth sending: all of it but the calls in flight."""
+    return (summary[0], summary[1], summary[2], summary[4], summary[5])
+
+
+def _parse_entry(raw: Any) -> tuple[int, int, int, int, int, str] | None:
+    """A record entry: (tripped, evidence, granted, released, demand, generation)."""
+    if raw is None:
+        return None
+    t, e, gt, rt, dm, ag = _text(raw).split(" ")
+    return int(float(t)), int(float(e)), int(float(gt)), int(float(rt)), int(float(dm)), ag
+
+
+def _view(raw: Any, now: float, cap: int) -> tuple[DependencyView, str] | None:
+    """An aggregate as a view, and its generation."""
+    if raw is None:
+        return None
+    ag, live, trip, evid, slots, dem, pu, ovm, ovi, ovu = _text(raw).split(" ")
+    n_slots, n_dem, until = int(float(slots)), int(float(dem)), float(ovu)
+    override: str | None = ovm if ovm != "-" else None
+    left = None
+    if override is not None and until > 0:
+        if until <= now:
+            override = None
+        else:
+            left = (until - now) / 1000
+    view = DependencyView(
+        live=max(1, int(float(live))),
+        tripped=int(float(trip)),
+        evidence=int(float(evid)),
+        slots=n_slots,
+        pressure=float(pu) > now or (cap > 0 and n_dem > 0 and n_slots >= cap),
+        override=override,
+        override_id=int(float(ovi)) if override is not None else 0,
+        override_left=left,
+    )
+    return view, ag
+
+
+def _summary(rt: Runtime) -> list[int]:
     """[tripped, evidence, released, in_use, demand, cap] of one dependency, for a sync."""
     from ._breaker import AdvisoryBreaker
     from ._bulkhead import SharedBulkhead
