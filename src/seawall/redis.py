@@ -132,8 +132,7 @@ class RedisState(SharedState):
         self._client_given = client
         self._client: Any = client
         self._owned = False
-        secret = cache_secret.encode() if isinstance(cache_secret, str) else cache_secret
-        self._cache_secret: bytes | None = secret
+        self.cache_secret = cache_secret.encode() if isinstance(cache_secret, str) else cache_secret
 
     @classmethod
     def from_settings(cls, settings: Any, *, clock: Clock | None = None) -> RedisState:
@@ -222,3 +221,18 @@ class RedisState(SharedState):
             # A restarted (or SCRIPT FLUSHed) server: load it again, once.
             await client.script_load(script.source)
             return await client.evalsha(script.sha, 1, self.prefix, *args)
+
+    async def _cache_put(self, batch: list[tuple[str, bytes]], ttl_ms: int) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for key, value in batch:
+            pipe.set(key, value, px=ttl_ms)
+        await pipe.execute()
+
+    async def _cache_get(self, key: str) -> tuple[bytes | None, int]:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        value, pttl = await pipe.execute()
+        if isinstance(value, str):  # a client given with decode_responses=True
+            value = value.encode("latin-1")
+        return value, int(pttl)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import ConfigError
 from ._breaker import AdvisoryBreaker
 from ._bulkhead import SharedBulkhead
+from ._cache import SharedResponseCache
 from ._ratelimit import SharedRateLimiter
 from ._state import DependencyView, SharedState, Unavailable
 
@@ -25,6 +26,7 @@ __all__ = [
     "DependencyView",
     "SharedBulkhead",
     "SharedRateLimiter",
+    "SharedResponseCache",
     "SharedState",
     "Unavailable",
     "build",
@@ -75,6 +77,17 @@ def build(rt: Runtime, state: SharedState) -> None:
         rt.bulkhead = SharedBulkhead(  # type: ignore[assignment]
             policy.bulkhead, shared.bulkhead, dependency=rt.name, state=state, clock=rt.clock
         )
+    fallback = policy.fallback
+    if shared.fallback and fallback is not None and fallback.stale_if_error is not None:
+        rt.cache = SharedResponseCache(
+            max_entries=fallback.max_entries,
+            max_bytes=fallback.max_bytes,
+            clock=rt.clock,
+            dependency=rt.name,
+            stale_if_error=fallback.stale_if_error,
+            state=state,
+            secret=state.cache_secret,
+        )
     limit = shared.shared_rate_limit
     if limit is not None and policy.rate_limit is not None:
         rt.limiter = SharedRateLimiter(  # type: ignore[assignment]
@@ -121,4 +134,7 @@ def snapshot(rt: Runtime) -> dict[str, Any]:
     limiter: Any = rt.limiter
     if isinstance(limiter, SharedRateLimiter):
         entry["rate_limit"] = limiter.shared_snapshot()
+    cache = rt.cache
+    if isinstance(cache, SharedResponseCache):
+        entry["cache"] = {"local_entries": len(cache), "dropped_writes": cache.drops}
     return entry

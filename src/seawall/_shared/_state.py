@@ -29,7 +29,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -147,6 +147,8 @@ class SharedState:
         self._health = self._new_health()
         self._degraded_reason: str | None = None
         self._said_degraded = False
+        #: Keys the shared cache entries of requests with credentials (None: not shared).
+        self.cache_secret: bytes | None = None
 
     def _new_health(self) -> Breaker:
         health = Breaker(
@@ -166,6 +168,12 @@ class SharedState:
 
     async def _eval(self, script: Script, args: Sequence[str | int | float]) -> Any:
         """EVALSHA *script* with ``KEYS[1]`` = the namespace's tag (loaded again on NOSCRIPT)."""
+        raise NotImplementedError
+
+    async def _cache_put(self, batch: list[tuple[str, bytes]], ttl_ms: int) -> None:
+        raise NotImplementedError
+
+    async def _cache_get(self, key: str) -> tuple[bytes | None, int]:
         raise NotImplementedError
 
     # -- lifecycle -------------------------------------------------------------------
@@ -208,7 +216,7 @@ class SharedState:
         self.status = "degraded"
         await self.sync()
         self._log_status()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
         """Stop syncing, take this replica's counts and slots out, close the client."""
@@ -230,7 +238,7 @@ class SharedState:
         self.connected = False
         self._registered = False
 
-    async def _run(self) -> None:
+    async def _loop(self) -> None:
         wake = self._wake
         assert wake is not None
         while not self._stopping:
@@ -260,13 +268,17 @@ class SharedState:
 
     async def _op(self, op: str, script: Script, args: Sequence[str | int | float]) -> Any:
         """Run one script under the backend's breaker; raise Unavailable if it cannot."""
+        return await self._run(op, lambda: self._eval(script, args))
+
+    async def _run(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one operation under the backend's breaker; raise Unavailable if it cannot."""
         try:
             permit = self._health.acquire()
         except RejectedError:
             raise Unavailable(f"{op}: the backend is degraded") from None
         started = time.perf_counter()
         try:
-            result = await self._eval(script, args)
+            result = await call()
         except Exception as exc:
             self._health.record(permit, time.perf_counter() - started, True)
             reason = type(exc).__name__
@@ -283,6 +295,14 @@ class SharedState:
         if instruments is not None:
             instruments.round_trips.add(1, {"op": op})
         return result
+
+    async def cache_put(self, batch: list[tuple[str, bytes]], ttl_ms: int) -> None:
+        """Store shared cache entries (one round trip)."""
+        await self._run("cache_write", lambda: self._cache_put(batch, ttl_ms))
+
+    async def cache_get(self, key: str) -> tuple[bytes | None, int]:
+        """A shared cache entry and its time to live in ms (one round trip)."""
+        return await self._run("cache_read", lambda: self._cache_get(key))
 
     def spawn(self, op: Awaitable[T]) -> asyncio.Task[T]:
         """Run *op* in the background, held until it is done (never cancelled)."""
