@@ -29,7 +29,6 @@ default.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from collections import OrderedDict
@@ -115,19 +114,28 @@ def _key(request: httpx.Request) -> tuple[bytes, bool] | None:
             keyed.append(b"%d:%s:%d:%s" % (len(lower), lower, len(value), value))
             personal = personal or lower not in _IMPERSONAL
     keyed.sort()
-    digest = hmac.new(_SECRET, digestmod=hashlib.sha256)
-    for part in (request.method.encode("ascii"), str(request.url).encode(), body, *keyed):
-        digest.update(b"%d:" % len(part))
-        digest.update(part)
-    return digest.digest(), personal
+    url = request.url
+    scheme, host, port, target = url.raw_scheme, url.raw_host, url.port, url.raw_path
+    # Every part length-prefixed, so no two requests share a message; one
+    # one-shot HMAC over it (hmac.digest runs in C: a fraction of hmac.new).
+    parts = [request.method.encode("ascii"), scheme, host, b"%d" % (port or 0), target, body]
+    parts += keyed
+    message = b"".join(b"%d:%s" % (len(part), part) for part in parts)
+    return hmac.digest(_SECRET, message, "sha256"), personal
+
+
+#: The digest of an empty Vary (most responses): no HMAC to compute.
+_NO_VARY = b""
 
 
 def _vary_digest(request: httpx.Request, names: tuple[str, ...]) -> bytes:
-    digest = hmac.new(_SECRET, digestmod=hashlib.sha256)
+    if not names:
+        return _NO_VARY
+    values = []
     for name in names:
         value = request.headers.get(name)
-        digest.update(b"-" if value is None else b"+%d:%s" % (len(value), value.encode()))
-    return digest.digest()
+        values.append(b"-" if value is None else b"+%d:%s" % (len(value), value.encode()))
+    return hmac.digest(_SECRET, b"".join(values), "sha256")
 
 
 @dataclass(frozen=True, slots=True)
