@@ -133,19 +133,20 @@ class Flavor:
         )
 
     async def buffered(self, response: Any) -> Any:
-        """The response with its body read now (inside the attempt, under its timeout)."""
+        """The response with its body read now (inside the attempt, under its timeout).
+
+        The same response object, its network stream read and closed (the
+        connection goes back to the pool) and replaced by the bytes: the client
+        then reads and decodes it as any other (and sets ``elapsed``).
+        """
+        stream = response.stream
         try:
-            body = b"".join([chunk async for chunk in response.stream])
+            body = b"".join([chunk async for chunk in stream])
         finally:
-            await response.aclose()
-        return self.x.Response(
-            response.status_code,
-            headers=response.headers,
-            # ``stream=``, unlike ``content=``, leaves it unread: the client
-            # reads and decodes it as any network stream (and sets ``elapsed``).
-            stream=self.x.ByteStream(body),
-            extensions={**response.extensions, "seawall.body": body},
-        )
+            await stream.aclose()
+        response.stream = self.x.ByteStream(body)
+        response.extensions["seawall.body"] = body
+        return response
 
     def held(self, response: Any, release: Callable[[], None]) -> None:
         """Make a streamed response hold its bulkhead slot until it is closed or collected."""
