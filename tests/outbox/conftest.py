@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import anyio
 import pytest
 import sqlalchemy as sa
 from outbox_pg_server import PgServer, find_bindir
@@ -173,3 +175,22 @@ async def enqueue(
     kw.setdefault("json", {"amount": 100})
     async with session(outbox.engine) as s, s.begin():
         return await outbox.enqueue(s, dependency, "POST", path, **kw)
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float = 20.0) -> None:
+    """Wait (polling, real time) until *check* holds; fail after *within* seconds.
+
+    For tests where real processes or threads do the work: it asserts that
+    something happens, not how fast (the timeout is a generous bound).
+    """
+    deadline = time.monotonic() + within
+    for _ in range(1_000_000):
+        found = check()
+        if not isinstance(found, bool):
+            found = await found
+        if found:
+            return
+        if time.monotonic() > deadline:
+            break
+        await anyio.sleep(0.01)
+    raise AssertionError(f"not true after {within} s: {check}")

@@ -10,11 +10,12 @@ hook runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import httpx
@@ -132,8 +133,11 @@ class Worker:
     # -- claims -----------------------------------------------------------------------
 
     async def claim(self, stmt: Any) -> list[Claim]:
-        async with self.outbox.engine.begin() as conn:
-            rows = (await conn.execute(stmt)).mappings().all()
+        async def run() -> Any:
+            async with self.outbox.engine.begin() as conn:
+                return (await conn.execute(stmt)).mappings().all()
+
+        rows = await shielded(run)
         claims = [claim_of(r) for r in rows]
         for c in claims:
             tel.transition(
@@ -161,7 +165,7 @@ class Worker:
                 breakers = registry.breakers(name)
             except LookupError:
                 breakers = {}
-            if breakers and all(b.retry_after is not None for b in breakers.values()):
+            if breakers and not any(b.would_admit() for b in breakers.values()):
                 continue  # every breaker open: nothing would be let through
             out.append(name)
         return out
@@ -209,8 +213,12 @@ class Worker:
     async def sweep(self) -> int:
         """Expired leases of key-ignoring dependencies become unknown (verify at once)."""
         now = self.clock.now()
-        async with self.outbox.engine.begin() as conn:
-            rows = (await conn.execute(self.stmts.sweep_expired(now=now, verify_at=now))).all()
+
+        async def run() -> Any:
+            async with self.outbox.engine.begin() as conn:
+                return (await conn.execute(self.stmts.sweep_expired(now=now, verify_at=now))).all()
+
+        rows = await shielded(run)
         for entry_id, dependency, _attempts in rows:
             tel.transition(entry_id, dependency, "dispatching", "unknown", reason="lease_expired")
             tel.dispatched(dependency, "lease_expired")
@@ -477,8 +485,12 @@ class Worker:
         lost = 0
         if plain:
             sql, params = self.stmts.results([r.row for r in plain], self.clock.now())
-            async with self.outbox.engine.begin() as conn:
-                ours = {row[0] for row in (await conn.execute(sql, params)).all()}
+
+            async def run() -> set[int]:
+                async with self.outbox.engine.begin() as conn:
+                    return {row[0] for row in (await conn.execute(sql, params)).all()}
+
+            ours = await shielded(run)
             for r in plain:
                 if r.row.id in ours:
                     self._written(r)
@@ -486,7 +498,9 @@ class Worker:
                     lost += 1
                     tel.lease_lost(r.claim.entry.dependency, r.row.id)
         for r in results:
-            if r.hook is not None and not await self._write_with_hook(r):
+            if r.hook is not None and not await shielded(
+                functools.partial(self._write_with_hook, r)
+            ):
                 lost += 1
         return lost
 
@@ -653,6 +667,25 @@ _REASONS: dict[type[BaseException], str] = {
     httpx.PoolTimeout: "pool_timeout",
     httpx.ProxyError: "proxy_error",
 }
+
+
+#: How long a database step may take once begun; cancellation waits for it (see shielded).
+DB_STEP_TIMEOUT = 60.0
+T = TypeVar("T")
+
+
+async def shielded(step: Callable[[], Awaitable[T]]) -> T:
+    """Run one short database step to its end even if the caller is cancelled meanwhile.
+
+    A transaction cut by cancellation midway leaves the driver's connection
+    to be torn down in the background (SQLAlchemy's async drivers); with
+    aiosqlite that can hold the event loop's shutdown for good. The step is
+    bounded instead: a database that does not answer in ``DB_STEP_TIMEOUT``
+    raises TimeoutError. A pending cancellation is delivered right after.
+    """
+    with anyio.move_on_after(DB_STEP_TIMEOUT, shield=True):
+        return await step()
+    raise TimeoutError(f"a database step took longer than {DB_STEP_TIMEOUT} s")
 
 
 def _reason(exc: BaseException) -> str:
