@@ -39,6 +39,8 @@ from ._exceptions import ConfigError
 if TYPE_CHECKING:
     import httpx
 
+    from .outbox._route import OutboxRoute
+
 __all__ = [
     "AdaptiveLimit",
     "Backoff",
@@ -1354,6 +1356,8 @@ class DependencySpec:
     base_url: str | None = None
     endpoints: tuple[str, ...] = ()
     httpx_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: How seawall.outbox sends to it (a ``[dependencies.NAME.outbox]`` table), if set.
+    outbox: OutboxRoute | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.endpoints, list):
@@ -1376,6 +1380,11 @@ class DependencySpec:
                 )
         if not isinstance(self.httpx_options, Mapping):
             problems.append(("httpx_options", "must be a mapping", self.httpx_options))
+        if self.outbox is not None:
+            from .outbox._route import OutboxRoute
+
+            if not isinstance(self.outbox, OutboxRoute):
+                problems.append(("outbox", "must be a seawall.outbox.OutboxRoute", self.outbox))
         _raise_if("DependencySpec", problems)
 
     def __repr__(self) -> str:
@@ -1383,7 +1392,9 @@ class DependencySpec:
         return (
             f"DependencySpec(name={self.name!r}, policy={self.policy!r}, "
             f"base_url={_shown(self.base_url)}, endpoints={_shown(self.endpoints)}, "
-            f"httpx_options={options!r})"
+            f"httpx_options={options!r}"
+            + ("" if self.outbox is None else f", outbox={self.outbox!r}")
+            + ")"
         )
 
 
@@ -1524,8 +1535,14 @@ def _config_from_mapping(data: Mapping[str, Any], problems: list[str]) -> Config
         options: dict[str, Any] = {}
         base_url = table.get("base_url")
         endpoints = table.get("endpoints")
+        outbox_route = None
         for key, value in table.items():
             if key in ("base_url", "endpoints"):
+                continue
+            if key == "outbox":
+                from .outbox._route import OutboxRoute
+
+                outbox_route = OutboxRoute.from_mapping(value, f"{path}.outbox", problems)
                 continue
             if key in _POLICY_KEYS:
                 policy_part[key] = value
@@ -1569,6 +1586,7 @@ def _config_from_mapping(data: Mapping[str, Any], problems: list[str]) -> Config
                 base_url=base_url,
                 endpoints=tuple(endpoints or ()),
                 httpx_options=MappingProxyType(options),
+                outbox=outbox_route,
             )
     state = _state_from_mapping(data["state"], problems) if "state" in data else None
     if problems or defaults is None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from .._config import (
     Backoff,
     _build,
+    _fmt,
     _integer,
     _key,
     _line,
@@ -143,15 +144,15 @@ class OutboxRoute:
                     problems.append(str(exc))
             else:
                 kwargs[key] = value
-        if len(problems) > before:
-            return None
+        # Built even after a problem (without the keys that had one): every
+        # problem is reported at once.
+        kwargs = {k: v for k, v in kwargs.items() if v is not None or k not in ("backoff",)}
         try:
-            return cls(**kwargs)
+            built = cls(**kwargs)
         except ConfigError as exc:
-            from .._config import _fmt
-
             problems.extend(_fmt(f"{path}.", p) for p in exc._raw)
             return None
+        return built if len(problems) == before else None
 
 
 DEFAULT_ROUTE = OutboxRoute()
