@@ -11,6 +11,7 @@ from ._bulkhead import BulkheadHandle, BulkheadStatistics
 from ._client import ResilientClient
 from ._clock import Clock, MonotonicClock
 from ._config import (
+    AdaptiveLimit,
     Backoff,
     Bulkhead,
     CircuitBreaker,
@@ -46,6 +47,7 @@ from ._report import CallReport, Outcome, RetryReason, report_of
 from ._transport import AttemptTimeout, ResilientTransport
 
 __all__ = [
+    "AdaptiveLimit",
     "AttemptTimeout",
     "Backoff",
     "Breaker",

@@ -440,7 +440,7 @@ class AdaptiveLimit:
     max_limit: int | None = None
     initial: int | None = None
     smoothing: float = 0.2
-    tolerance: float = 1.5
+    tolerance: float = 1.25
     probe_interval: float = 30.0
 
     def __post_init__(self) -> None:
@@ -471,8 +471,8 @@ class AdaptiveLimit:
         _fraction(problems, "smoothing", self.smoothing)
         if not _is_finite(self.tolerance):
             problems.append(("tolerance", "must be a finite number", self.tolerance))
-        elif not 1 <= self.tolerance <= 10:
-            problems.append(("tolerance", "must be in [1, 10]", self.tolerance))
+        elif not 1 < self.tolerance <= 10:
+            problems.append(("tolerance", "must be in (1, 10]", self.tolerance))
         _seconds(problems, "probe_interval", self.probe_interval, optional=False, minimum=0.1)
         _raise_if("AdaptiveLimit", problems)
 

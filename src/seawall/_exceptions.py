@@ -7,7 +7,7 @@ The whole hierarchy::
         ├── ConfigError (ValueError)  .problems: one line each, "key.path: what is wrong, got VALUE"
         ├── RejectedError             the call was refused before anything was sent
         │   ├── CircuitOpenError      .retry_after   reason "circuit_open"
-        │   ├── BulkheadFullError                    reason "bulkhead_full"
+        │   ├── BulkheadFullError     .limit .detail reason "bulkhead_full"
         │   └── RateLimitedError      .retry_after   reason "rate_limited"
         ├── DeadlineExceededError (TimeoutError)     reason "deadline_exceeded"
         └── OutcomeUnknownError       .request       reason "outcome_unknown"
@@ -98,9 +98,29 @@ class CircuitOpenError(RejectedError):
 
 
 class BulkheadFullError(RejectedError):
-    """Every slot of the dependency's bulkhead was in use (for longer than ``max_wait``)."""
+    """Every slot of the dependency's bulkhead was in use (for longer than ``max_wait``).
+
+    ``detail`` says which limit refused the call: ``"adaptive"`` for an
+    adaptive limit (:class:`~seawall.AdaptiveLimit`), None for a static one;
+    ``limit`` is that limit when the call was refused (None where unknown).
+    """
 
     reason = "bulkhead_full"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        dependency: str | None = None,
+        report: CallReport | None = None,
+        limit: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message, dependency=dependency, report=report)
+        #: The bulkhead's limit when it refused the call.
+        self.limit = limit
+        #: ``"adaptive"`` when an adaptive limit refused the call, else None.
+        self.detail = detail
 
 
 class RateLimitedError(RejectedError):

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -30,6 +30,9 @@ from ._client import ResilientClient
 from ._exceptions import SeawallError
 from ._registry import Registry
 from .asgi import ResilienceMiddleware, problem_for
+
+if TYPE_CHECKING:
+    from .outbox import Outbox
 
 __all__ = ["client", "install", "registry_of"]
 
@@ -61,14 +64,18 @@ def client(name: str) -> Callable[[Request], ResilientClient]:
     return dependency
 
 
-def install(app: FastAPI, registry: Registry, **middleware_options: Any) -> None:
+def install(
+    app: FastAPI, registry: Registry, *, outbox: Outbox | None = None, **middleware_options: Any
+) -> None:
     """Set *app* up with *registry*: middleware, lifespan and exception handlers.
 
     ``middleware_options`` go to :class:`seawall.asgi.ResilienceMiddleware`
     (``deadline``, ``deadline_header``, ``min_deadline``,
     ``max_concurrent_requests``, ``rate_limited_status``). The app's own
     lifespan keeps running inside the registry's, so the clients are open for
-    it.
+    it. With an ``outbox`` (:class:`seawall.outbox.Outbox`), a dispatcher runs
+    for the app's life, stopping (its sends in flight finished) before the
+    registry closes.
     """
     setattr(app.state, _STATE_KEY, registry)
     app.add_middleware(ResilienceMiddleware, registry=registry, **middleware_options)
@@ -93,7 +100,10 @@ def install(app: FastAPI, registry: Registry, **middleware_options: Any) -> None
 
     @asynccontextmanager
     async def lifespan(app_: Any) -> AsyncIterator[Any]:
-        async with registry, original(app_) as state:
-            yield state
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(registry)
+            if outbox is not None:
+                await stack.enter_async_context(outbox.lifespan(app_))
+            yield await stack.enter_async_context(original(app_))
 
     app.router.lifespan_context = lifespan

@@ -212,12 +212,18 @@ class _Engine:
         meter.create_observable_gauge(
             "seawall.bulkhead.in_use",
             callbacks=[_observe_bulkhead_in_use],
-            description="Bulkhead slots in use.",
+            description="Bulkhead slots in use: the dependency's calls in flight.",
         )
         meter.create_observable_gauge(
             "seawall.bulkhead.limit",
             callbacks=[_observe_bulkhead_limit],
-            description="Bulkhead size.",
+            description="Bulkhead size now (an adaptive limit moves).",
+        )
+        meter.create_observable_gauge(
+            "seawall.bulkhead.min_rtt",
+            callbacks=[_observe_bulkhead_min_rtt],
+            unit="s",
+            description="An adaptive bulkhead's minimum round-trip time estimate.",
         )
         meter.create_observable_gauge(
             "seawall.pool.connections",
@@ -316,7 +322,14 @@ def _observe_bulkhead_in_use(options: CallbackOptions) -> Iterable[Observation]:
 def _observe_bulkhead_limit(options: CallbackOptions) -> Iterable[Observation]:
     for rt in list(_live):
         if rt.bulkhead is not None:
-            yield Observation(rt.bulkhead.config.max_concurrent, {"seawall.dependency": rt.name})
+            yield Observation(rt.bulkhead.statistics().limit, {"seawall.dependency": rt.name})
+
+
+def _observe_bulkhead_min_rtt(options: CallbackOptions) -> Iterable[Observation]:
+    for rt in list(_live):
+        adaptive = rt.bulkhead.statistics().adaptive if rt.bulkhead is not None else None
+        if adaptive is not None and adaptive.min_rtt is not None:
+            yield Observation(adaptive.min_rtt, {"seawall.dependency": rt.name})
 
 
 def _observe_pool(options: CallbackOptions) -> Iterable[Observation]:
