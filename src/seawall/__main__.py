@@ -1,4 +1,5 @@
-"""``seawall`` on the command line: ``seawall demo`` (or ``python -m seawall demo``)."""
+"""``seawall`` on the command line: ``seawall demo`` (or ``python -m seawall demo``) and
+``seawall outbox run|reconcile|status|retry|resolve|purge``."""
 
 from __future__ import annotations
 
@@ -34,7 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         help="send the seawall app's traces to this OTLP/HTTP endpoint (e.g. Jaeger's http://localhost:4318)",
     )
     demo.add_argument("--json", action="store_true", help="print only the summary, as JSON")
+    from .outbox._cli import add_parser as add_outbox_parser
+
+    add_outbox_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "outbox":
+        from .outbox._cli import main as outbox_main
+
+        return outbox_main(args)
 
     try:
         import rich  # noqa: F401
