@@ -135,6 +135,8 @@ class Registry:
         if state is not None:
             state._attach(self)
         self._deps: dict[str, _Dependency] = {}
+        # seawall.httpx2 twins of the HTTP dependencies' clients, built on demand.
+        self._httpx2: dict[str, Any] = {}
         self._defaults = Policy()
         # Clients replaced or removed by reload(): each closes its pool as soon
         # as it has no call in flight, and for good when the registry closes.
@@ -317,6 +319,33 @@ class Registry:
             raise LookupError(f"dependency {name!r} has no base_url or endpoints: use guard()")
         return dep.client
 
+    def httpx2_client(self, name: str) -> Any:
+        """The dependency's :class:`seawall.httpx2.ResilientClient`, for SDKs built on
+        httpx2 (openai, anthropic): built on first use from the same configuration,
+        over the same runtime (one breaker, one bulkhead, one budget for both
+        clients). Needs ``seawall[httpx2]``. A transport given in code to
+        ``add()`` is httpx's and is not used: this client opens its own pool.
+        """
+        dep = self._get(name)
+        if dep.client is None:
+            raise LookupError(f"dependency {name!r} has no base_url or endpoints: use guard()")
+        twin = self._httpx2.get(name)
+        if twin is None or twin.resilient_transport.runtime is not dep.runtime:
+            import httpx2
+
+            from .httpx2 import ResilientClient as Httpx2Client
+
+            spec = dep.spec
+            options = dict(spec.httpx_options)
+            if isinstance(options.get("auth"), tuple):
+                options["auth"] = httpx2.BasicAuth(*options["auth"])
+            if not isinstance(options.get("cookies"), CookieJar):
+                options["cookies"] = _no_store_jar(options.get("cookies"))
+            twin = self._httpx2[name] = Httpx2Client(
+                name, base_url=spec.base_url or "", runtime=dep.runtime, **options
+            )
+        return twin
+
     def guard(self, name: str, policy: Policy | None = None) -> Guard:
         """A :class:`~seawall.Guard` for non-HTTP calls under *name*'s policy and state."""
         from ._guard import Guard
@@ -403,6 +432,8 @@ class Registry:
         for dep in self._deps.values():
             if dep.client is not None:
                 await dep.client.resilient_transport.aclose()
+        for twin in self._httpx2.values():
+            await twin.resilient_transport.aclose()
         for client in self._retired:
             await client.aclose()
         self._retired.clear()

@@ -144,8 +144,8 @@ def report_of(obj: object) -> CallReport | None:
     """The :class:`CallReport` of a response, or of an error raised out of a seawall call.
 
     On an error it also looks at the error's ``response`` (and an SDK's
-    ``response.raw_response``) and follows the ``__cause__``/``__context__``
-    chain, so the report is found through an SDK that wraps seawall's errors
+    ``response.raw_response``), its ``headers`` (stripe's errors, through
+    ``seawall.stripe``), and follows the ``__cause__``/``__context__`` chain, so the report is found through an SDK that wraps seawall's errors
     or its responses in its own.
     """
     seen: set[int] = set()
@@ -162,6 +162,9 @@ def report_of(obj: object) -> CallReport | None:
             response = getattr(item, "response", None)
             todo.append(response)
             todo.append(getattr(response, "raw_response", None))
+            # stripe keeps only a response's headers on its errors (seawall.stripe
+            # hands it headers that carry the report).
+            todo.append(getattr(item, "headers", None))
             todo.append(item.__cause__)
             todo.append(item.__context__)
         else:

@@ -23,7 +23,8 @@ NO_WAIT = seawall.Backoff(initial=0.0, maximum=0.0, jitter=False)
 
 def client(upstream: FaultyUpstream, **parts: object) -> seawall.httpx2.ResilientClient:
     parts.setdefault("retry", Retry(attempts=3, backoff=NO_WAIT, budget=None))
-    policy = Policy(breaker=None, **parts)  # type: ignore[arg-type]
+    parts.setdefault("breaker", None)
+    policy = Policy(**parts)  # type: ignore[arg-type]
     return seawall.httpx2.ResilientClient("h2", policy=policy, base_url=upstream.url)
 
 
@@ -94,3 +95,49 @@ async def test_a_stream_holds_its_slot_until_closed(upstream: FaultyUpstream) ->
             body = b"".join([chunk async for chunk in response.aiter_bytes()])
         assert c.bulkhead.statistics().in_use == 0
     assert body == b"x" * 10_000
+
+
+async def test_the_registry_builds_an_httpx2_twin_over_the_same_runtime(
+    upstream: FaultyUpstream,
+) -> None:
+    upstream.route("/x", Fault.error(503), Fault.ok())
+    registry = seawall.Registry()
+    registry.add("dep", base_url=upstream.url)
+    async with registry:
+        twin = registry.httpx2_client("dep")
+        assert isinstance(twin, seawall.httpx2.ResilientClient)
+        assert registry.httpx2_client("dep") is twin
+        assert twin.breaker is registry.breaker("dep")  # one breaker for both clients
+        response = await twin.get("/x")
+    assert response.status_code == 200
+    report = seawall.report_of(response)
+    assert report is not None
+    assert report.retries == ("status_503",)
+
+
+async def test_testing_helpers_and_redaction_know_httpx2(upstream: FaultyUpstream) -> None:
+    from seawall.telemetry._redact import redact_url
+    from seawall.testing import force_closed, force_open
+
+    async with client(upstream, breaker=seawall.CircuitBreaker()) as c:
+        force_open(c)
+        with pytest.raises(seawall.CircuitOpenError):
+            await c.get("/")
+        force_closed(c)
+        assert (await c.get("/")).status_code == 200
+    url = httpx2.URL("http://user:pw@example.com/a?token=t")
+    assert redact_url(url) == "http://example.com/a?token=REDACTED"
+
+
+def test_report_of_reads_a_report_on_an_errors_headers() -> None:
+    report = seawall.CallReport(dependency="x", outcome="http_error", attempts=1)
+
+    class Headers(dict[str, str]):
+        def __init__(self) -> None:
+            super().__init__()
+            self.report = report
+
+    class SdkError(Exception):
+        headers = Headers()
+
+    assert seawall.report_of(SdkError()) is report

@@ -203,8 +203,9 @@ async def test_the_llm_policy_in_toml_is_the_one_in_python(
     assert config.dependencies["openai"].policy == recipes.LLM_POLICY
     assert config.dependencies["anthropic"].policy == recipes.LLM_POLICY
     (tmp_path / "seawall.toml").write_text(_toml_block())
-    client = recipes.openai_from_config(str(tmp_path / "seawall.toml"))
-    async with client:
+    registry = seawall.Registry.from_toml(tmp_path / "seawall.toml")
+    client = recipes.openai_from_registry(registry)
+    async with registry, client:
         api.route("/v1/chat/completions", COMPLETION)
         _, report = await recipes.summarize_with_report(client, "text")
     assert report is not None

@@ -177,9 +177,8 @@ LLM_POLICY = seawall.Policy(
 )
 
 
-def openai_from_config(path: str) -> openai.AsyncOpenAI:
-    spec = seawall.load_config(path).dependencies["openai"]
-    http = seawall.httpx2.ResilientClient(spec.name, policy=spec.policy)
+def openai_from_registry(registry: seawall.Registry) -> openai.AsyncOpenAI:
+    http = registry.httpx2_client("openai")
     return openai.AsyncOpenAI(http_client=http, max_retries=0)
 
 

@@ -111,7 +111,8 @@ def redact_url(
     import httpx  # local: this module stays importable without touching httpx
 
     try:
-        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+        # str() first: an httpx2.URL (or any other) is not an httpx.URL.
+        parsed = url if isinstance(url, httpx.URL) else httpx.URL(str(url))
         if parsed.userinfo or parsed.fragment:
             parsed = parsed.copy_with(username=None, password=None, fragment=None)
     except (httpx.InvalidURL, TypeError, ValueError):

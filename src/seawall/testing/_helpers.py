@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from .._breaker import Breaker
-from .._client import ResilientClient
+from .._client import ClientCore
 from .._guard import Guard
 from .._registry import Registry
 from .._report import report_of
-from .._transport import ResilientTransport
+from .._transport import TransportCore
 
 __all__ = ["assert_report", "force_closed", "force_open"]
 
@@ -27,12 +27,12 @@ def _breakers(target: Any, name: str | None) -> list[Breaker]:
         if name is not None and not found:
             raise LookupError(f"dependency {name!r} has no circuit breaker")
         return found
-    if isinstance(target, ResilientClient):
+    if isinstance(target, ClientCore):  # seawall's and seawall.httpx2's clients
         target = target.resilient_transport
-    if isinstance(target, ResilientTransport):
+    if isinstance(target, TransportCore):
         rt = target.runtime
     elif isinstance(target, Guard):
-        rt = target._rt
+        rt = target.rt
     elif isinstance(target, Breaker):
         return [target]
     else:
