@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import pytest
 import sqlalchemy as sa
+import structlog
 from outbox_pg_server import PgServer, find_bindir
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
@@ -32,6 +33,18 @@ BACKENDS = ["sqlite", "postgresql"]
 #: Backoff without jitter: the timings are exact.
 EXACT = seawall.Backoff(initial=1.0, maximum=900.0, multiplier=2.0, jitter=False)
 T0 = 1_000_000.0
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """The CLI configures structlog (it is the program there): undo it after each test."""
+    was_configured = structlog.is_configured()
+    config = structlog.get_config()
+    yield
+    if was_configured:
+        structlog.configure(**config)
+    else:
+        structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -310,7 +310,7 @@ class Dispatcher:
                     await w.write(await self._all(w.verify, checks))
                 now = clock.now()
                 if now >= next_counts:
-                    await self._count()
+                    await self.count()
                     next_counts = now + self.counts_interval
                 if now >= next_purge:
                     await self.outbox.purge(self.retention)
@@ -322,7 +322,9 @@ class Dispatcher:
                 continue
             await anyio.sleep(self.poll_interval)
 
-    async def _count(self) -> None:
+    async def count(self) -> None:
+        """Refresh the ``seawall.outbox.entries`` and ``oldest_age`` gauges now (one grouped
+        COUNT); a running dispatcher does it every ``counts_interval``, never per scrape."""
         from ._ops import counts
 
         found = await counts(self.outbox)

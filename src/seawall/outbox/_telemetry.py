@@ -208,7 +208,10 @@ _cached: tuple[object, _Instruments | None] | None = None
 
 
 def instruments() -> _Instruments | None:
-    """The instruments on seawall's meter provider; None when metrics are off."""
+    """The instruments on seawall's meter provider; None when metrics are off.
+
+    Built once per telemetry settings (``seawall.telemetry.configure`` makes new ones).
+    """
     global _cached
     s = _otel.settings()
     if _cached is not None and _cached[0] is s:
@@ -220,8 +223,8 @@ def instruments() -> _Instruments | None:
     ):
         provider = s.meter_provider or metrics.get_meter_provider()
         found = _Instruments(provider.get_meter("seawall.outbox"))
-    if found is not None or _cached is None or _cached[0] is not s:
-        _cached = (s, found)
+    if found is not None or not s.enabled:
+        _cached = (s, found)  # else a provider set later is found on the next call
     return found
 
 
