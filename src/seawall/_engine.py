@@ -58,6 +58,7 @@ __all__ = [
     "call_hooks",
     "deadline_of",
     "queue_for_slot",
+    "refusal",
     "run_attempt",
     "run_call",
 ]
@@ -103,6 +104,21 @@ class FrontEnd(Protocol):
 #: (``seawall.db.watch`` checks that no database transaction is held across
 #: an outbound call). Empty unless something registered: one falsy check.
 call_hooks: list[Callable[[str], None]] = []
+
+
+def refusal(rt: Runtime) -> RejectedError | None:
+    """The breaker's refusal of a call, found before the call is built (an outage's
+    hot path: thousands of calls a second refused). None when the call must go
+    through the engine: a closed or half-open breaker, or a rate limit first."""
+    breaker = rt.breaker
+    if breaker is None or rt.limiter is not None or breaker.would_admit():
+        return None
+    try:
+        permit = breaker.acquire()
+    except RejectedError as exc:
+        return exc
+    breaker.release(permit)  # admitted after all: the engine takes its own permit
+    return None
 
 
 def deadline_of(rt: Runtime, call: Call) -> float | None:

@@ -29,7 +29,7 @@ from ._bulkhead import BulkheadHandle
 from ._clock import Clock
 from ._config import Policy
 from ._decision import ANSWER, Attempt, Call, Decision, Route, Stop, retry, stop
-from ._engine import deadline_of, queue_for_slot, run_call
+from ._engine import deadline_of, queue_for_slot, refusal, run_call
 from ._exceptions import DeadlineExceededError, OutcomeUnknownError, RejectedError, SeawallError
 from ._registry import Registry, default_registry
 from ._report import CallReport, Outcome, RetryReason, attach, report_of
@@ -156,6 +156,9 @@ class Guard:
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)`` under every layer of the policy, retry included."""
         rt = self._rt
+        refused = refusal(rt)
+        if refused is not None:
+            self._refused(refused)
         call = _GuardCall(rt.clock.now(), start_call(rt.name, None, None))
         call.fn, call.args, call.kwargs = fn, args, kwargs
         tel = call.tel
@@ -173,6 +176,18 @@ class Guard:
         elif success_logged():
             log_call(self._report(call), None)
         return result
+
+    def _refused(self, error: RejectedError) -> NoReturn:
+        """Raise a refusal found before the call was built, reported like any other."""
+        rt = self._rt
+        # Refused outright: one shared report per reason and state.
+        report = error.report = rt.rejection_report(error.reason)
+        tel = start_call(rt.name, None, None)
+        if tel is not None:
+            tel.finished(report, None, error)
+        else:
+            log_call(report, None)
+        raise error
 
     # -- the front end's part ------------------------------------------------------
 
