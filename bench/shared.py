@@ -359,21 +359,25 @@ async def paced_round_trips(url: str, seconds: float) -> dict[str, float]:
 # -- 3. Redis paused --------------------------------------------------------------------------
 
 
-async def paused_run(server: Server | None, url: str, seconds: float) -> dict[str, list[float]]:
-    """1,000 calls/s through every shared feature; Redis paused after 1 s if *server*."""
-    state = RedisState(url, namespace="bench-paused")
+async def paused_run(
+    server: Server | None, url: str | None, seconds: float
+) -> dict[str, list[float]]:
+    """1,000 calls/s through every shared feature; Redis paused after 1 s if *server*;
+    the same policy kept local if *url* is None."""
+    state = RedisState(url, namespace="bench-paused") if url is not None else None
     registry = seawall.Registry(state=state)
+    shared = seawall.Shared(
+        breaker="advisory",
+        bulkhead=seawall.GlobalBulkhead(max_concurrent=40),
+        rate_limit=True,
+    )
     g = registry.guard(
         "dep",
         policy(
             breaker=BREAKER,
             bulkhead=BULKHEAD,
             rate_limit=seawall.RateLimit(rate=5000, burst=500),
-            shared=seawall.Shared(
-                breaker="advisory",
-                bulkhead=seawall.GlobalBulkhead(max_concurrent=40),
-                rate_limit=True,
-            ),
+            shared=shared if state is not None else None,
         ),
     )
     phases: dict[str, list[float]] = {"before": [], "first second": [], "after": []}
@@ -404,7 +408,7 @@ async def paused_run(server: Server | None, url: str, seconds: float) -> dict[st
                 phases["first second"].append(took)
             else:
                 phases["after"].append(took)
-        status = state.status
+        status = state.status if state is not None else "local"
         if server is not None:
             server.resume()
     phases["status"] = [1.0 if status == "degraded" else 0.0]
@@ -489,9 +493,11 @@ async def main() -> None:
             print(f"  {name:<62} {value:.4f}")
 
         print("\n3. 1,000 calls/s through every shared feature; Redis paused (SIGSTOP) after 1 s")
+        local = await paused_run(None, None, 3.0)
         base = await paused_run(None, server.url, 3.0)
         hit = await paused_run(server, server.url, 3.0 if args.quick else 4.0)
-        for label, data in (("Redis up", base), ("Redis paused at 1 s", hit)):
+        runs = (("local (no Redis)", local), ("Redis up", base), ("Redis paused at 1 s", hit))
+        for label, data in runs:
             for phase in ("before", "first second", "after"):
                 xs = data[phase]
                 if xs:

@@ -176,3 +176,17 @@ async def test_exact_mode_is_one_reservation_per_call(cluster: Cluster, clock: M
     (a,) = await cluster.add(limited(1000, 1000, reserve=1, ttl=0.0))
     await a.succeed(5)
     assert a.state.counters.round_trips["reserve"] == 5
+
+
+@pytest.mark.anyio
+async def test_a_steady_stream_is_served_from_reservations_fetched_ahead(
+    cluster: Cluster, clock: ManualClock
+) -> None:
+    (a,) = await cluster.add(limited(1000, 100))
+    limiter = a.limiter
+    for _ in range(400):
+        await limiter.acquire(0.0)  # never refused: 1 call per ms, under the rate
+        clock.advance(0.001)
+    reservations = a.state.counters.round_trips["reserve"]
+    # Pockets of at most 50 tokens: at least 8 reservations, and far fewer than calls.
+    assert 8 <= reservations <= 40

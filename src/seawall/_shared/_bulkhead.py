@@ -251,6 +251,7 @@ class SharedBulkhead:
                 self._grant_waiting -= 1
             if result is None:
                 return False
+            self._granted_now(task)  # (a no-op if its callback ran already)
             if result[0] <= 0 or self._in_use < self._limit or loop.time() >= deadline:
                 return True  # refused, or a slot is free now, or no time left to ask again
 
@@ -292,8 +293,11 @@ class SharedBulkhead:
     # -- grants and releases ---------------------------------------------------------------------
 
     def _request_grant(self) -> asyncio.Task[Any] | None:
-        if self._grant is not None:
-            return self._grant
+        grant = self._grant
+        if grant is not None:
+            if not grant.done():
+                return grant
+            self._granted_now(grant)  # done, its callback not run yet: take its slots now
         backend = self._backend
         if not backend.connected or asyncio.get_running_loop().time() < self._refused_until:
             return None
@@ -306,6 +310,8 @@ class SharedBulkhead:
         return task
 
     def _granted_now(self, task: asyncio.Task[Any]) -> None:
+        if task is not self._grant:
+            return  # already taken in
         self._grant = None
         if task.cancelled() or task.exception() is not None:
             return

@@ -9,6 +9,12 @@ send at most ``rate * (w + reserve_ttl) + burst`` calls (plus, at most, what
 a call admitted with a reservation that arrived later than ``reserve_ttl``
 adds: one round trip's worth).
 
+A replica reserves the next tokens in the background before its pocket runs
+out (a quarter left) or expires (a fifth of ``reserve_ttl`` left), so a
+steady stream of calls seldom waits; it reserves twice what its last
+reservation served, up to ``reserve``, so a quiet replica does not hold rate
+that others could use.
+
 A refused reservation carries the script's ``retry_after``: a call waits for
 it if ``max_wait`` (and its deadline) allow, else it is refused with that
 ``retry_after``, and the replica asks Redis nothing more until then. While
@@ -42,11 +48,17 @@ class SharedRateLimiter:
         "_burst",
         "_clock",
         "_expires",
+        "_granted_last",
         "_interval",
         "_live",
         "_local",
         "_next_ask",
+        "_refill_at",
+        "_refill_before",
         "_reserve",
+        "_sent_at",
+        "_spare",
+        "_spare_expires",
         "_task",
         "_tokens",
         "_ttl",
@@ -76,6 +88,13 @@ class SharedRateLimiter:
         self._ttl = shared.reserve_ttl
         self._tokens = 0
         self._expires = -math.inf
+        # A reservation fetched ahead, spent once the current one is used up.
+        self._spare = 0
+        self._spare_expires = -math.inf
+        self._granted_last: int | None = None
+        self._sent_at = 0.0
+        self._refill_at = self._reserve // 4
+        self._refill_before = self._ttl / 5
         self._next_ask = -math.inf
         self._task: asyncio.Task[Any] | None = None
         self._waiting = 0
@@ -125,10 +144,36 @@ class SharedRateLimiter:
 
     async def acquire(self, time_left: float | None = None) -> None:
         """Take a token, reserving more from Redis (within ``budget``) when the pocket is empty."""
-        if self._tokens > 0 and self._clock.now() < self._expires:
+        now = self._clock.now()
+        if self._tokens > 0 and now < self._expires:
             self._tokens -= 1
+            if (
+                self._tokens <= self._refill_at or self._expires - now <= self._refill_before
+            ) and not self._spare:
+                self._prefetch(now)  # a quarter left, or a fifth of its time
+            return
+        if self._take_spare(now):
             return
         await self._acquire(time_left)
+
+    def _take_spare(self, now: float) -> bool:
+        """Move on to the reservation fetched ahead, if it is valid; take a token of it."""
+        if self._spare > 0 and now < self._spare_expires:
+            self._tokens, self._expires = self._spare - 1, self._spare_expires
+            self._granted_last, self._refill_at = self._spare, self._spare // 4
+            self._spare = 0
+            return True
+        return False
+
+    def _prefetch(self, now: float) -> None:
+        """Reserve the next tokens before the pocket runs out (or expires), in the background."""
+        if (
+            self._task is None
+            and self._ttl > 0
+            and self._backend.connected
+            and now >= self._next_ask
+        ):
+            self._reservation()
 
     async def _acquire(self, time_left: float | None) -> None:
         backend = self._backend
@@ -137,13 +182,16 @@ class SharedRateLimiter:
             max_wait = time_left
         waited = 0.0
         while True:
-            if self._tokens > 0 and self._clock.now() < self._expires:
+            now = self._clock.now()
+            if self._tokens > 0 and now < self._expires:
                 self._tokens -= 1
+                return
+            if self._take_spare(now):
                 return
             if not backend.connected:
                 backend.local_decision("rate_limit")
                 return await self._local.acquire(max(0.0, max_wait - waited))
-            wait = self._next_ask - self._clock.now()
+            wait = self._next_ask - now
             if wait <= 0:
                 task = self._reservation()
                 self._waiting += 1
@@ -153,6 +201,7 @@ class SharedRateLimiter:
                     self._waiting -= 1
                 if result is None:
                     return await self._local.acquire(max(0.0, max_wait - waited))
+                self._landed(task)  # (a no-op if its callback ran already)
                 if self._tokens > 0:
                     # Fresh from the reply: ours even if reserve_ttl is already up.
                     self._tokens -= 1
@@ -170,29 +219,47 @@ class SharedRateLimiter:
             await self._clock.sleep(wait)
             waited += wait
 
+    def _want(self) -> int:
+        """How many tokens to reserve: twice what the last reservation served, up to
+        ``reserve`` (a quiet replica does not hold the rate others could use)."""
+        if self._granted_last is None:
+            want = self._reserve
+        else:
+            used = self._granted_last - max(0, self._tokens)
+            want = min(self._reserve, max(1, 2 * used))
+        return max(want, self._waiting + 1)
+
     def _reservation(self) -> asyncio.Task[Any]:
-        if self._task is not None:
-            return self._task
+        task = self._task
+        if task is not None:
+            if not task.done():
+                return task
+            self._landed(task)  # done, its callback not run yet: take its tokens now
         backend = self._backend
-        want = max(self._reserve, self._waiting + 1)
-        sent_at = self._clock.now()
+        self._sent_at = self._clock.now()
         task = self._task = backend.spawn(
-            backend.reserve(self.dependency, want, self._interval, self._burst)
+            backend.reserve(self.dependency, self._want(), self._interval, self._burst)
         )
-
-        def done(task: asyncio.Task[Any]) -> None:
-            self._task = None
-            if task.cancelled() or task.exception() is not None:
-                return
-            granted, retry_after = task.result()
-            if granted > 0:
-                self._tokens = granted
-                self._expires = sent_at + self._ttl
-            else:
-                self._next_ask = self._clock.now() + retry_after
-
-        task.add_done_callback(done)
+        task.add_done_callback(self._landed)
         return task
+
+    def _landed(self, task: asyncio.Task[Any]) -> None:
+        """Put a reservation's tokens in the pocket (or aside, if the pocket is still good)."""
+        if task is not self._task:
+            return  # already taken in
+        self._task = None
+        if task.cancelled() or task.exception() is not None:
+            return
+        granted, retry_after = task.result()
+        now = self._clock.now()
+        expires = self._sent_at + self._ttl
+        if granted <= 0:
+            self._next_ask = now + retry_after
+        elif self._tokens > 0 and now < self._expires:
+            self._spare, self._spare_expires = granted, expires
+        else:
+            self._tokens, self._expires = granted, expires
+            self._granted_last, self._refill_at = granted, granted // 4
 
     # -- the sync task ------------------------------------------------------------------------
 
