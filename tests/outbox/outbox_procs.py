@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -88,16 +89,21 @@ def cli(
 
 
 def start(directory: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    """``seawall outbox ARGS`` in the background (a dispatcher)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "seawall", "outbox", *args],
-        cwd=directory,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    """``seawall outbox ARGS`` in the background (a dispatcher); its stderr goes to a file
+    (a pipe nobody reads would fill up and block it)."""
+    log = directory / f"dispatcher-{uuid.uuid4().hex[:8]}.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "seawall", "outbox", *args],
+            cwd=directory,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
 
 
 def stop(
@@ -112,9 +118,5 @@ def stop(
         proc.kill()
         proc.wait()
         raise
-    finally:
-        err = ""
-        if proc.stderr is not None:
-            err = proc.stderr.read()
-            proc.stderr.close()
-    return proc.returncode, err
+    log: Path = proc.log  # type: ignore[attr-defined]
+    return proc.returncode, log.read_text()[-20_000:]
