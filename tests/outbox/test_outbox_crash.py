@@ -196,9 +196,12 @@ async def test_postgres_down_for_five_seconds_mid_run(
 ) -> None:
     bindir = find_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL is not installed") if not _ci() else pytest.fail("no PostgreSQL")
+        if _ci():
+            pytest.fail("PostgreSQL is not installed")
+        pytest.skip("PostgreSQL is not installed")
     server = PgServer.create(bindir)  # a server of its own: this one is stopped
     server.start()
+    run: Run | None = None
     try:
         run = run_factory(server.create_database("down"), send_deadline=3, lease_margin=1)
         await run.outbox.create_schema()
@@ -214,8 +217,9 @@ async def test_postgres_down_for_five_seconds_mid_run(
         assert set(seen) == {r.idempotency_key for r in refs}  # nothing lost
         assert all(p.poll() is None for p in run.procs)  # the dispatcher rode it out
     finally:
-        for run_proc in list(getattr(run, "procs", [])):
-            await anyio.to_thread.run_sync(stop, run_proc)
+        if run is not None:
+            for proc in run.procs:
+                await anyio.to_thread.run_sync(stop, proc)
         server.destroy()
 
 

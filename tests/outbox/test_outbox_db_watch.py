@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def client(upstream: FaultyUpstream) -> Iterator[seawall.ResilientClient]:
+def client(upstream: FaultyUpstream) -> seawall.ResilientClient:
     return seawall.ResilientClient(
         "payments", base_url=upstream.url, policy=seawall.Policy(retry=None, breaker=None)
     )

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def succeeded(outbox: Outbox, entry_id: int) -> bool:
-    return (await row(outbox, entry_id))["state"] == State.SUCCEEDED
+    return bool((await row(outbox, entry_id))["state"] == State.SUCCEEDED)
 
 
 async def test_503_503_503_200_is_four_requests_with_one_key_and_the_backoff(

@@ -120,7 +120,7 @@ def telemetry() -> Iterator[tuple[InMemorySpanExporter, InMemoryMetricReader]]:
 def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
     data = reader.get_metrics_data()
     assert data is not None
-    found = []
+    found: list[Any] = []
     for resource in data.resource_metrics:
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
