@@ -80,6 +80,21 @@ def test_the_summary_has_the_documented_shape(summary: dict[str, object]) -> Non
             assert route["requests"] > 0
         assert "payments" in run["dependencies"]
         assert "outcomes" in run["dependencies"]["payments"]
+        # Additive: each phase's routes and outcomes.
+        assert [p["phase"] for p in run["phases"]] == [
+            "healthy",
+            "payments hung",
+            "payments recovered",
+        ]
+        for phase in run["phases"]:
+            assert set(phase["routes"]) == {"/catalog", "/pay"}
+            assert "payments" in phase["outcomes"]
+    # Additive: the two figures the demo is judged by.
+    comparison = summary["comparison"]
+    assert isinstance(comparison, dict)
+    assert set(comparison["payments_completed"]) == {"plain", "seawall"}
+    for figures in comparison["catalog_p99"].values():
+        assert set(figures) == {"healthy_p99_ms", "storm_p99_ms", "ratio"}
 
 
 @pytest.mark.slow  # the summary's demo run takes ~18 s

@@ -100,17 +100,27 @@ def seawall_registry(upstream: str, catalog: str | None = None) -> seawall.Regis
         policy=seawall.Policy(
             timeouts=seawall.Timeouts(connect=1.0, read=2.0, attempt=2.0, total=3.0),
             retry=seawall.Retry(attempts=2, backoff=seawall.Backoff(initial=0.05, maximum=0.5)),
-            bulkhead=seawall.Bulkhead(max_concurrent=20),
+            # The limit follows the provider's latency: up to 100 charges at once
+            # while it answers quickly, down to 10 when attempts time out. A
+            # provider that is three times slower than usual still gets its
+            # charges: the shop's own busy CPU slows answers that much.
+            bulkhead=seawall.Bulkhead(
+                max_concurrent=100,
+                adaptive=seawall.AdaptiveLimit(min_limit=10, initial=50, tolerance=3.0),
+            ),
+            # The breaker opens on timeouts and gateway errors: a provider that
+            # answers 500 at once costs the shop nothing to ask (the retry budget
+            # bounds the extra load), and a breaker still open when it recovers
+            # would refuse the first charges that could go through.
             breaker=seawall.CircuitBreaker(
                 failure_rate_threshold=0.5,
-                slow_call_rate_threshold=0.8,
-                slow_call_duration=1.0,
                 window_size=20,
                 minimum_calls=10,
                 open_duration=5.0,
                 half_open_calls=3,
+                failure_statuses=frozenset({502, 503, 504}),
             ),
-            pool=seawall.Pool(max_connections=30, max_keepalive=30),
+            pool=seawall.Pool(max_connections=100, max_keepalive=100),
         ),
     )
     registry.add(
@@ -126,6 +136,13 @@ def seawall_registry(upstream: str, catalog: str | None = None) -> seawall.Regis
         ),
     )
     return registry
+
+
+def _min_rtt_ms(bulkhead: dict[str, Any] | None) -> float | None:
+    """An adaptive bulkhead's minimum RTT estimate, in milliseconds (None otherwise)."""
+    adaptive = (bulkhead or {}).get("adaptive") or {}
+    min_rtt = adaptive.get("min_rtt")
+    return None if min_rtt is None else round(1000 * min_rtt, 1)
 
 
 def seawall_app(upstream: str) -> Starlette:
@@ -185,6 +202,8 @@ def seawall_app(upstream: str) -> Starlette:
                         "fallbacks": fallbacks[name],
                         "breaker": (snapshot[name]["breaker"] or {}).get("state"),
                         "bulkhead_in_use": (snapshot[name]["bulkhead"] or {}).get("in_use"),
+                        "bulkhead_limit": (snapshot[name]["bulkhead"] or {}).get("limit"),
+                        "bulkhead_min_rtt_ms": _min_rtt_ms(snapshot[name]["bulkhead"]),
                     }
                     for name in registry.names
                 }

@@ -9,9 +9,11 @@ dependencies live; a summary compares the two runs at the end.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
+import random
 import ssl
 import subprocess
 import sys
@@ -58,14 +60,18 @@ SCENARIOS: dict[str, tuple[Phase, ...]] = {
 }
 
 
+#: One request as the traffic generator saw it: (end, seconds, status).
+Sample = tuple[float, float, str]
+
+
 @dataclass
 class RouteStats:
-    samples: list[tuple[float, float, str]] = field(default_factory=list)  # (end, seconds, status)
+    samples: list[Sample] = field(default_factory=list)
 
     def add(self, end: float, seconds: float, status: str) -> None:
         self.samples.append((end, seconds, status))
 
-    def window(self, since: float) -> list[tuple[float, float, str]]:
+    def window(self, since: float) -> list[Sample]:
         return [s for s in self.samples if s[0] >= since]
 
 
@@ -78,7 +84,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def summarize(samples: list[tuple[float, float, str]]) -> dict[str, Any]:
+def summarize(samples: list[Sample]) -> dict[str, Any]:
     latencies = [s[1] for s in samples]
     statuses = Counter(s[2] for s in samples)
     errors = sum(n for status, n in statuses.items() if not status.startswith("2"))
@@ -172,6 +178,10 @@ class Demo:
         self.deps: dict[str, dict[str, Any]] = {v: {} for v in VARIANTS}
         self.phase = ""
         self.started = 0.0
+        #: (phase name, start, end) in seconds since the run started.
+        self.phase_times: list[tuple[str, float, float]] = []
+        #: Each variant's dependency figures at the end of each phase (cumulative).
+        self.phase_deps: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -217,18 +227,23 @@ class Demo:
                     tg.start_soon(self._poll_stats, client, variant, end)
                 if not self.s.json_only:
                     tg.start_soon(self._display, end)
-                await self._script(end)
+                await self._script(client, end)
             for variant in VARIANTS:
                 await self._fetch_stats(client, variant)
         return self.summary()
 
-    async def _script(self, end: float) -> None:
+    async def _script(self, client: httpx.AsyncClient, end: float) -> None:
         at = self.started
         for phase in self.phases:
             self.phase = phase.name
             self.set_payments(phase.payments)
+            began = time.monotonic() - self.started
             at += phase.share * self.s.duration
             await anyio.sleep(max(0.0, min(at, end) - time.monotonic()))
+            self.phase_times.append((phase.name, began, time.monotonic() - self.started))
+            for variant in VARIANTS:  # the outcomes so far, to tell each phase's apart
+                await self._fetch_stats(client, variant)
+                self.phase_deps[variant].append(copy.deepcopy(self.deps[variant]))
         self.phase = "done"
 
     async def _worker(
@@ -257,6 +272,11 @@ class Demo:
     ) -> None:
         # Spread the clients' first requests over one think time.
         await anyio.sleep(self.s.think * i / max(1, self.s.pay_clients))
+        # Each client thinks for a random 0.5 to 1.5 think times (the same draws in
+        # both shops): with a fixed pause, clients refused or answered together
+        # come back together, and the traffic turns into a burst a second that no
+        # population of users makes.
+        rng = random.Random(f"{route} {i}")
         while time.monotonic() < end:
             t0 = time.monotonic()
             try:
@@ -271,7 +291,7 @@ class Demo:
                 status = "error"
             t1 = time.monotonic()
             stats.add(t1, t1 - t0, status)
-            await anyio.sleep(self.s.think)
+            await anyio.sleep(self.s.think * (0.5 + rng.random()))
 
     async def _fetch_stats(self, client: httpx.AsyncClient, variant: str) -> None:
         try:
@@ -287,6 +307,25 @@ class Demo:
 
     # -- output ---------------------------------------------------------------------------
 
+    def _between(self, variant: str, route: str, t0: float, t1: float) -> list[Sample]:
+        """The samples of *route* that ended between t0 and t1 (seconds since the start)."""
+        a, b = self.started + t0, self.started + t1
+        return [s for s in self.stats[variant][route].samples if a <= s[0] < b]
+
+    def _phase_outcomes(self, variant: str, i: int) -> dict[str, dict[str, int]]:
+        """Each dependency's call outcomes during phase *i* (from the app's counts)."""
+        snapshots = self.phase_deps[variant]
+        if i >= len(snapshots):
+            return {}
+        after = snapshots[i]
+        before = snapshots[i - 1] if i else {}
+        found: dict[str, dict[str, int]] = {}
+        for name, d in sorted(after.items()):
+            was = before.get(name, {}).get("outcomes", {})
+            delta = {k: n - was.get(k, 0) for k, n in d.get("outcomes", {}).items()}
+            found[name] = {k: n for k, n in sorted(delta.items()) if n}
+        return found
+
     def summary(self) -> dict[str, Any]:
         runs: dict[str, Any] = {}
         for variant in VARIANTS:
@@ -298,12 +337,48 @@ class Demo:
             runs[variant] = {
                 "routes": {r: summarize(self.stats[variant][r].samples) for r in ROUTES},
                 "dependencies": deps,
+                "phases": [
+                    {
+                        "phase": name,
+                        "start_s": round(t0, 2),
+                        "end_s": round(t1, 2),
+                        "routes": {r: summarize(self._between(variant, r, t0, t1)) for r in ROUTES},
+                        "outcomes": self._phase_outcomes(variant, i),
+                    }
+                    for i, (name, t0, t1) in enumerate(self.phase_times)
+                ],
             }
         return {
             "scenario": self.s.scenario,
             "duration_s": self.s.duration,
             "clients": {"/pay": self.s.pay_clients, "/catalog": self.s.catalog_clients},
             "runs": runs,
+            "comparison": self._comparison(runs),
+        }
+
+    def _comparison(self, runs: dict[str, Any]) -> dict[str, Any]:
+        """The two figures the demo is judged by: payments made, and /catalog's p99
+        during the storm (every phase after the first) against its healthy p99
+        (the second half of the first phase: the first half has the start-up,
+        a hundred clients connecting at once)."""
+        _, start, end = self.phase_times[0] if self.phase_times else ("", 0.0, 0.0)
+        healthy_from, healthy_end = self.started + (start + end) / 2, self.started + end
+        catalog: dict[str, Any] = {}
+        for variant in VARIANTS:
+            samples = self.stats[variant]["/catalog"].samples
+            healthy = [s[1] for s in samples if healthy_from <= s[0] < healthy_end]
+            storm = [s[1] for s in samples if s[0] >= healthy_end]
+            h, st = percentile(healthy, 99) * 1000, percentile(storm, 99) * 1000
+            catalog[variant] = {
+                "healthy_p99_ms": round(h, 1),
+                "storm_p99_ms": round(st, 1),
+                "ratio": round(st / h, 2) if h else None,
+            }
+        return {
+            "payments_completed": {
+                v: runs[v]["routes"]["/pay"]["statuses"].get("200", 0) for v in VARIANTS
+            },
+            "catalog_p99": catalog,
         }
 
     def _live_table(self) -> Any:
@@ -338,16 +413,19 @@ class Demo:
                     Text(err, style=style),
                 )
         deps = Table(title="seawall's dependencies", expand=True)
-        for col in ("dependency", "breaker", "bulkhead in use", "retries", "fallbacks", "outcomes"):
+        for col in ("dependency", "breaker", "in use/limit", "retries", "fallbacks", "outcomes"):
             deps.add_column(col)
         for name, d in sorted(self.deps["seawall"].items()):
             state = d.get("breaker") or "-"
             colour = {"closed": "green", "half_open": "yellow"}.get(state, "red")
             outcomes = ", ".join(f"{k} {v}" for k, v in sorted(d.get("outcomes", {}).items()))
+            bulkhead = f"{d.get('bulkhead_in_use', '-')}/{d.get('bulkhead_limit', '-')}"
+            if d.get("bulkhead_min_rtt_ms") is not None:
+                bulkhead += " adaptive"
             deps.add_row(
                 name,
                 Text(state, style=colour),
-                str(d.get("bulkhead_in_use", "-")),
+                bulkhead,
                 str(d.get("retries", 0)),
                 str(d.get("fallbacks", 0)),
                 outcomes,
@@ -392,6 +470,19 @@ class Demo:
             f"/catalog over the whole run: p99 {plain['p99_ms']:.0f} ms and {plain['errors']} errors "
             f"with a shared httpx client; p99 {ours['p99_ms']:.0f} ms and {ours['errors']} errors with seawall."
         )
+        comparison = summary["comparison"]
+        paid = comparison["payments_completed"]
+        console.print(
+            f"payments completed: {paid['plain']} with a shared httpx client, "
+            f"{paid['seawall']} with seawall."
+        )
+        for variant, label in (("plain", "a shared httpx client"), ("seawall", "seawall")):
+            c = comparison["catalog_p99"][variant]
+            ratio = f"{c['ratio']:.2f}x" if c["ratio"] is not None else "-"
+            console.print(
+                f"/catalog p99 with {label}: {c['healthy_p99_ms']:.0f} ms healthy, "
+                f"{c['storm_p99_ms']:.0f} ms during the storm ({ratio})."
+            )
 
 
 def run_demo(settings: Settings) -> int:
