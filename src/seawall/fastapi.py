@@ -74,8 +74,9 @@ def install(
     ``max_concurrent_requests``, ``rate_limited_status``). The app's own
     lifespan keeps running inside the registry's, so the clients are open for
     it. With an ``outbox`` (:class:`seawall.outbox.Outbox`), a dispatcher runs
-    for the app's life, stopping (its sends in flight finished) before the
-    registry closes.
+    inside the app's lifespan: it starts after the app's startup and stops
+    (its sends in flight finished) before the app's shutdown and the
+    registry's.
     """
     setattr(app.state, _STATE_KEY, registry)
     app.add_middleware(ResilienceMiddleware, registry=registry, **middleware_options)
@@ -102,8 +103,11 @@ def install(
     async def lifespan(app_: Any) -> AsyncIterator[Any]:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(registry)
+            state = await stack.enter_async_context(original(app_))
             if outbox is not None:
+                # Inside the app's own lifespan: it starts once the app has (its
+                # tables, its engine), and stops before the app closes them.
                 await stack.enter_async_context(outbox.lifespan(app_))
-            yield await stack.enter_async_context(original(app_))
+            yield state
 
     app.router.lifespan_context = lifespan

@@ -40,7 +40,7 @@ def test_the_app_enqueues_in_its_transaction_and_the_dispatcher_sends(
         async with engine.begin() as conn:
             await conn.run_sync(orders.metadata.create_all)
         yield
-        await engine.dispose()
+        await engine.dispose()  # the dispatcher has stopped by now
 
     app = FastAPI(lifespan=schema)
 

@@ -9,6 +9,7 @@ and retention run on their own, slower beat.
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import socket
@@ -114,6 +115,7 @@ class Dispatcher:
         self._stopping = False
         self._in_flight = 0
         self._results: list[Result] = []
+        self._queue: collections.deque[Claim] = collections.deque()
         self._wake_event = anyio.Event()
         self._slot_event = anyio.Event()
         self._result_event = anyio.Event()
@@ -214,6 +216,7 @@ class Dispatcher:
                 async with anyio.create_task_group() as sends:
                     await self._claim_loop(sends)
                 # Sends all finished: the writer records the last results and ends.
+                self._stopping = True
                 self._result_event.set()
                 await writer_done.wait()
                 tg.cancel_scope.cancel()
@@ -222,53 +225,80 @@ class Dispatcher:
             self._done.set()
 
     async def _claim_loop(self, sends: anyio.abc.TaskGroup) -> None:
+        """Keep up to ``batch_size`` entries claimed, ``concurrency`` of them sending.
+
+        Claims come in groups (one statement for many entries): a new claim is
+        made when half the batch has gone, not for each slot that frees. An
+        entry waits in ``_queue`` at most until its lease could no longer cover
+        a whole send; then it is given back unsent (see ``_start``).
+        """
         failures = 0
+        half = max(1, self.batch_size // 2)
         while not self._stopping:
-            free = self.concurrency - self._in_flight
-            wanted = min(self.batch_size, self.concurrency)
-            if free < max(1, wanted // 2) and self._in_flight:
-                # Claim in groups: wait for more slots (briefly) rather than one at a time.
+            held = len(self._queue) + self._in_flight
+            room = self.batch_size - held
+            if room < half and held:
                 self._slot_event = anyio.Event()
-                with anyio.move_on_after(self.flush_interval if free else None):
-                    await self._slot_event.wait()
+                await self._slot_event.wait()
                 continue
-            n = min(self.batch_size, free)
             try:
-                claims = await self.worker.claim_sends(n)
+                claims = await self.worker.claim_sends(room)
             except Exception as exc:
                 failures += 1
                 await self._db_backoff("claim", exc, failures)
                 continue
             failures = 0
-            for claim in claims:
-                self._in_flight += 1
-                sends.start_soon(self._send, claim)
-            if len(claims) < n:
+            self._queue.extend(claims)
+            self._start(sends)
+            if len(claims) < room:
+                # Nothing more is due: wait for a commit, the next poll, or the
+                # sends in flight to make room.
                 self._wake_event = anyio.Event()
                 with anyio.move_on_after(self.poll_interval):
                     await self._wake_event.wait()
+        # Stopping: what was claimed but never started goes back, unsent.
+        unsent, self._queue = list(self._queue), collections.deque()
+        if unsent:
+            self._results.extend(self.worker.give_back(c) for c in unsent)
+            self._result_event.set()
 
-    async def _send(self, claim: Claim) -> None:
+    def _start(self, sends: anyio.abc.TaskGroup) -> None:
+        """Start queued sends while slots are free; give back those whose lease ran short."""
+        clock = self.outbox.clock
+        while self._queue and self._in_flight < self.concurrency and not self._stopping:
+            claim = self._queue.popleft()
+            route = self.outbox.settings(claim.entry.dependency)
+            if clock.now() + route.send_deadline > claim.lease_until:
+                # It waited too long for a slot: its lease could not cover a send.
+                self._results.append(self.worker.give_back(claim))
+                self._result_event.set()
+                continue
+            self._in_flight += 1
+            sends.start_soon(self._send, claim, sends)
+
+    async def _send(self, claim: Claim, sends: anyio.abc.TaskGroup) -> None:
         try:
             result = await self.worker.send(claim)
             self._results.append(result)
             self._result_event.set()
         finally:
             self._in_flight -= 1
+            self._start(sends)
             self._slot_event.set()
 
     async def _writer(self, done: anyio.Event) -> None:
+        """Write results in groups: half a batch, or ``flush_interval`` after the first."""
         failures = 0
+        half = max(1, self.batch_size // 2)
         try:
             while True:
                 await self._result_event.wait()
                 self._result_event = anyio.Event()
-                if self._in_flight and not self._stopping and self.flush_interval:
-                    # Let more results gather: one statement for many rows.
+                if self.flush_interval and len(self._results) < half and self._in_flight:
                     with anyio.move_on_after(self.flush_interval):
-                        while self._in_flight and len(self._results) < self.batch_size:
-                            await self._slot_event.wait()
-                            self._slot_event = anyio.Event()
+                        while len(self._results) < half and self._in_flight:
+                            await self._result_event.wait()
+                            self._result_event = anyio.Event()
                 batch, self._results = self._results, []
                 while batch:
                     try:
@@ -287,7 +317,9 @@ class Dispatcher:
                     failures = 0
                     self.lease_lost += lost
                     batch = []
-                if self._stopping and not self._in_flight and not self._results:
+                if self._results:
+                    self._result_event.set()  # more came while writing
+                elif self._stopping and not self._in_flight and not self._queue:
                     return
         finally:
             done.set()
@@ -328,7 +360,7 @@ class Dispatcher:
         from ._ops import counts
 
         found = await counts(self.outbox)
-        tel.track_counts(self.outbox, self.outbox.clock.now(), found)
+        tel.track_counts(self.outbox, self.outbox.table.name, self.outbox.clock.now(), found)
 
     async def _db_backoff(self, what: str, exc: Exception, failures: int) -> None:
         first, last = _DB_BACKOFF

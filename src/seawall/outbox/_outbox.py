@@ -145,6 +145,9 @@ class Outbox:
         self.max_body = max_body
         self._secret = ALWAYS_SECRET | {n.lower() for n in names}
         self._stmts = Statements(self.table, engine.dialect)
+        # Single statements (claims, grouped result writes) need no BEGIN and COMMIT:
+        # one round trip each instead of three.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._session_factory: Callable[[], AsyncSession] = session_factory or async_sessionmaker(
             engine, expire_on_commit=False
         )

@@ -62,6 +62,8 @@ class ResultRow:
     attention: bool = False
     attention_reason: str | None = None
     verify_attempts: int = 0
+    #: None: unchanged (a claim counted the attempt).
+    attempts: int | None = None
 
 
 # (column, PostgreSQL type for the VALUES casts)
@@ -78,6 +80,7 @@ _RESULT_COLUMNS = (
     ("attention", "BOOLEAN"),
     ("attention_reason", "TEXT"),
     ("verify_attempts", "INTEGER"),
+    ("attempts", "INTEGER"),
 )
 
 
@@ -112,6 +115,11 @@ class Statements:
         )
         self._returning = [t.c[name] for name in CLAIM_COLUMNS]
         self._result_sql: dict[int, sa.TextClause] = {}
+        # Built once: an alias makes a proxy of every column, which costs more
+        # than the rest of a claim statement.
+        self._alias_c = t.alias("c")
+        self._alias_e = t.alias("e")
+        self._alias_p = t.alias("p")
         quote = dialect.identifier_preparer
         self._quoted = quote.quote(t.name)
         if t.schema:
@@ -128,7 +136,7 @@ class Statements:
     ) -> Any:
         """``UPDATE t SET values WHERE id IN (SELECT id FROM t AS c WHERE due(c) ...)``."""
         t = self.table
-        c = t.alias("c")
+        c = self._alias_c
         sub = (
             sa.select(c.c.id)
             .where(due(c))
@@ -154,7 +162,7 @@ class Statements:
         dispatching or unknown waits for it.
         """
         t = self.table
-        e = t.alias("e")
+        e = self._alias_e
 
         def due(c: Any) -> sa.ColumnElement[bool]:
             earlier = (
@@ -303,6 +311,7 @@ class Statements:
             params[f"attention{i}"] = r.attention
             params[f"attention_reason{i}"] = r.attention_reason
             params[f"verify_attempts{i}"] = r.verify_attempts
+            params[f"attempts{i}"] = r.attempts
         return sql, params
 
     def _results_sql(self, n: int) -> str:
@@ -324,6 +333,7 @@ class Statements:
             )
             return (
                 f"UPDATE {t} AS o SET {sets}, "
+                "attempts = COALESCE(v.attempts, o.attempts), "
                 "needs_attention = o.needs_attention OR v.attention, "
                 "attention_reason = COALESCE(v.attention_reason, o.attention_reason) "
                 f"FROM (VALUES {rows}) AS v({names}) "
@@ -335,6 +345,7 @@ class Statements:
         return (
             f"WITH v({names}) AS (VALUES {rows}) "
             f"UPDATE {t} SET {sets}, "
+            f"attempts = COALESCE(v.attempts, {t}.attempts), "
             f"needs_attention = ({t}.needs_attention OR v.attention), "
             f"attention_reason = COALESCE(v.attention_reason, {t}.attention_reason) "
             f"FROM v WHERE {t}.id = v.id AND {t}.lease_token = v.tok RETURNING {t}.id"
@@ -354,7 +365,7 @@ class Statements:
 
     def purge_page(self, *, cutoff: float, limit: int) -> Any:
         t = self.table
-        c = t.alias("c")
+        c = self._alias_p
         page = (
             sa.select(c.c.id)
             .where(c.c.state.in_([str(s) for s in TERMINAL]), c.c.finished_at < cutoff)

@@ -228,33 +228,42 @@ def instruments() -> _Instruments | None:
     return found
 
 
-#: Outboxes whose last counts the gauges report: {outbox: (when, {(dep, state): (count, oldest)})}.
+#: Outboxes whose last counts the gauges report:
+#: {outbox: (table, when, {(dependency, state): (count, oldest created_at)})}.
 _counts: weakref.WeakKeyDictionary[
-    object, tuple[float, Mapping[tuple[str, str], tuple[int, float | None]]]
+    object, tuple[str, float, Mapping[tuple[str, str], tuple[int, float | None]]]
 ] = weakref.WeakKeyDictionary()
 
 
 def track_counts(
-    outbox: object, now: float, counts: Mapping[tuple[str, str], tuple[int, float | None]]
+    outbox: object,
+    table: str,
+    now: float,
+    counts: Mapping[tuple[str, str], tuple[int, float | None]],
 ) -> None:
-    _counts[outbox] = (now, counts)
+    _counts[outbox] = (table, now, counts)
     instruments()  # the gauges exist once there is something to report
 
 
+def _attributes(table: str, dependency: str, state: str) -> dict[str, str]:
+    return {
+        "seawall.dependency": dependency,
+        "seawall.outbox.state": state,
+        "seawall.outbox.table": table,
+    }
+
+
 def _observe_entries(options: CallbackOptions) -> Iterable[Observation]:
-    for _, counts in list(_counts.values()):
+    for table, _, counts in list(_counts.values()):
         for (dependency, state), (n, _oldest) in counts.items():
-            yield Observation(n, {"seawall.dependency": dependency, "seawall.outbox.state": state})
+            yield Observation(n, _attributes(table, dependency, state))
 
 
 def _observe_oldest(options: CallbackOptions) -> Iterable[Observation]:
-    for now, counts in list(_counts.values()):
+    for table, now, counts in list(_counts.values()):
         for (dependency, state), (_n, oldest) in counts.items():
             if oldest is not None:
-                yield Observation(
-                    max(0.0, now - oldest),
-                    {"seawall.dependency": dependency, "seawall.outbox.state": state},
-                )
+                yield Observation(max(0.0, now - oldest), _attributes(table, dependency, state))
 
 
 def dispatched(dependency: str, outcome: str) -> None:

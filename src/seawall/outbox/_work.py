@@ -57,6 +57,8 @@ class Claim:
     verify_attempts: int
     compensate_attempts: int
     trace_context: str | None
+    #: When the claim's lease ends (outbox clock): a send must fit before it.
+    lease_until: float = float("inf")
 
 
 @dataclass(slots=True)
@@ -73,7 +75,7 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def claim_of(row: Any) -> Claim:
+def claim_of(row: Any, lease_until: float = float("inf")) -> Claim:
     headers = json.loads(row["headers"]) if row["headers"] else {}
     metadata = json.loads(row["metadata"]) if row["metadata"] else None
     entry = Entry(
@@ -99,6 +101,7 @@ def claim_of(row: Any) -> Claim:
         verify_attempts=row["verify_attempts"],
         compensate_attempts=row["compensate_attempts"],
         trace_context=row["trace_context"],
+        lease_until=lease_until,
     )
 
 
@@ -132,13 +135,19 @@ class Worker:
 
     # -- claims -----------------------------------------------------------------------
 
-    async def claim(self, stmt: Any) -> list[Claim]:
+    async def claim(self, stmt: Any, now: float | None = None) -> list[Claim]:
+        """Run one claim statement (alone: autocommit, one round trip)."""
+
         async def run() -> Any:
-            async with self.outbox.engine.begin() as conn:
+            async with self.outbox._autocommit.connect() as conn:
                 return (await conn.execute(stmt)).mappings().all()
 
         rows = await shielded(run)
-        claims = [claim_of(r) for r in rows]
+        settings = self.outbox.settings
+        if now is None:
+            claims = [claim_of(r) for r in rows]
+        else:
+            claims = [claim_of(r, now + settings(r["dependency"]).lease) for r in rows]
         for c in claims:
             tel.transition(
                 c.entry.id,
@@ -177,15 +186,17 @@ class Worker:
         outbox = self.outbox
         leases = {name: outbox.settings(name).lease for name in allowed}
         default = outbox.settings(None).lease
+        now = self.clock.now()
         return await self.claim(
             self.stmts.claim_sends(
-                now=self.clock.now(),
+                now=now,
                 limit=limit,
                 owner=self.owner,
                 leases=leases,
                 default_lease=default,
                 allowed=allowed,
-            )
+            ),
+            now,
         )
 
     async def claim_verifications(self, limit: int) -> list[Claim]:
@@ -215,7 +226,7 @@ class Worker:
         now = self.clock.now()
 
         async def run() -> Any:
-            async with self.outbox.engine.begin() as conn:
+            async with self.outbox._autocommit.connect() as conn:
                 return (await conn.execute(self.stmts.sweep_expired(now=now, verify_at=now))).all()
 
         rows = await shielded(run)
@@ -487,7 +498,7 @@ class Worker:
             sql, params = self.stmts.results([r.row for r in plain], self.clock.now())
 
             async def run() -> set[int]:
-                async with self.outbox.engine.begin() as conn:
+                async with self.outbox._autocommit.connect() as conn:
                     return {row[0] for row in (await conn.execute(sql, params)).all()}
 
             ours = await shielded(run)
@@ -630,6 +641,22 @@ class Worker:
         return self._failed(
             claim, route, Failure("max_age", claim.entry.last_status, "pending past max_age")
         )
+
+    def give_back(self, claim: Claim) -> Result:
+        """A claimed entry never sent (the dispatcher stopped, or its lease ran short while
+        it waited for a slot): pending again, due now, its attempt not counted."""
+        entry = claim.entry
+        row = ResultRow(
+            entry.id,
+            claim.token,
+            State.PENDING,
+            next_attempt_at=self.clock.now(),
+            last_status=entry.last_status,
+            last_error=entry.last_error,
+            verify_attempts=claim.verify_attempts,
+            attempts=max(0, entry.attempts - 1),
+        )
+        return Result(claim, row, outcome="given_back")
 
     def release(self, claim: Claim) -> Result:
         """Give a claimed unknown entry back unchanged (only a person can settle it)."""
