@@ -419,3 +419,41 @@ async def test_many_entries_in_grouped_writes(outbox: Outbox, upstream: FaultyUp
     result_writes = [s for s in statements if "lease_token = v.tok" in s]
     send_claims = [s for s in statements if "attempts=(" in s.replace(" ", "")]
     assert (len(result_writes), len(send_claims)) == (2, 3)
+
+
+async def test_claimed_ahead_entries_whose_lease_ran_short_are_given_back(
+    outbox: Outbox, upstream: FaultyUpstream, clock: ManualClock
+) -> None:
+    """Four claimed, one sending at a time: the three waiting outlive what their lease
+    can cover, so they go back unsent (no attempt counted) and are claimed afresh."""
+    outbox.route("payments", send_deadline=5, lease_margin=1)
+    upstream.route("/v1/charges", Fault.latency(0.5), Fault.ok())
+    refs = [await enqueue(outbox) for _ in range(4)]
+    async with outbox.dispatcher(concurrency=1, batch_size=4, poll_interval=0.05):
+        await eventually(lambda: upstream.count() == 1)
+        clock.advance(2)  # now + send_deadline > lease_until for the three still queued
+        await eventually(lambda: all_succeeded(outbox, refs))
+    entries = [await row(outbox, r.id) for r in refs]
+    assert [e["attempts"] for e in entries] == [1, 1, 1, 1]
+    assert [e["lease_token"] for e in entries] == [1, 2, 2, 2]  # three claimed twice
+    assert sorted(r.idempotency_key for r in upstream.requests()) == sorted(
+        r.idempotency_key for r in refs
+    )
+
+
+async def test_stop_gives_back_what_was_claimed_but_not_sent(
+    outbox: Outbox, upstream: FaultyUpstream
+) -> None:
+    upstream.route("/v1/charges", Fault.latency(0.5))
+    refs = [await enqueue(outbox) for _ in range(4)]
+    async with outbox.dispatcher(concurrency=1, batch_size=4, poll_interval=600) as d:
+        await eventually(lambda: upstream.count() == 1)
+        d.stop()
+    entries = [await row(outbox, r.id) for r in refs]
+    states = sorted((e["state"], e["attempts"]) for e in entries)
+    assert states == [("pending", 0)] * 3 + [("succeeded", 1)]
+    assert upstream.count() == 1
+
+
+async def all_succeeded(outbox: Outbox, refs: list[Any]) -> bool:
+    return all([await succeeded(outbox, r.id) for r in refs])
