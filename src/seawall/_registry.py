@@ -142,6 +142,9 @@ class Registry:
         # as it has no call in flight, and for good when the registry closes.
         self._retired: list[ResilientClient] = []
         self._closing: set[asyncio.Task[None]] = set()
+        #: More parts of the snapshot, by key (seawall.outbox adds "outbox"): each
+        #: returns JSON-ready figures it already has, never querying anything.
+        self.snapshot_parts: dict[str, Callable[[], Any]] = {}
 
     def __repr__(self) -> str:
         return f"<Registry {sorted(self._deps)}>"
@@ -387,6 +390,8 @@ class Registry:
         snapshot = {"dependencies": {name: self._entry(dep) for name, dep in self._deps.items()}}
         if self._state is not None:
             snapshot["state"] = self._state.snapshot()
+        for key, part in self.snapshot_parts.items():
+            snapshot[key] = part()
         return snapshot
 
     def dependency_snapshot(self, name: str) -> dict[str, Any]:

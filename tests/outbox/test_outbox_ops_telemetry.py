@@ -234,3 +234,36 @@ async def test_nothing_is_emitted_without_providers(
     await outbox.dispatcher().run_once()
     assert (await row(outbox, ref.id))["trace_context"] is None
     await anyio.lowlevel.checkpoint()
+
+
+async def test_the_snapshot_and_status_endpoint_show_counts_and_ages(
+    outbox: Outbox, upstream: FaultyUpstream, clock: ManualClock
+) -> None:
+    import httpx
+
+    from seawall.asgi import status_app
+
+    registry = outbox.registry
+    assert registry.snapshot()["outbox"]["counted_ago"] is None  # nothing counted yet
+    upstream.route("/v1/charges", Fault.ok(), Fault.error(503))
+    await enqueue(outbox)
+    await enqueue(outbox)
+    d = outbox.dispatcher(concurrency=1)
+    await d.run_once()
+    clock.advance(30)
+    await d.count()
+    clock.advance(5)
+    expected = {
+        "table": outbox.table.name,
+        "counted_ago": 5.0,
+        "dependencies": {
+            "payments": {
+                "pending": {"count": 1, "oldest_age": 30.0},
+                "succeeded": {"count": 1, "oldest_age": 30.0},
+            }
+        },
+    }
+    assert registry.snapshot()["outbox"] == expected
+    transport = httpx.ASGITransport(app=status_app(registry))
+    async with httpx.AsyncClient(transport=transport, base_url="http://status") as client:
+        assert (await client.get("/")).json()["outbox"] == expected

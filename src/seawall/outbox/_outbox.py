@@ -159,6 +159,11 @@ class Outbox:
         self._reconcilers: dict[str, Reconciler] = {}
         self._wakers: list[Callable[[], None]] = []
         _listen_commits()
+        # The registry's snapshot (and the status endpoint) shows the last counts.
+        parts = getattr(registry, "snapshot_parts", None)
+        if parts is not None:
+            key = "outbox" if "outbox" not in parts else f"outbox.{self.table.name}"
+            parts[key] = self._snapshot
 
     def __repr__(self) -> str:
         return f"<Outbox table={self.table.name!r} {self.engine.dialect.name}>"
@@ -547,6 +552,24 @@ class Outbox:
     def _wake(self) -> None:
         for wake in list(self._wakers):
             wake()
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The registry snapshot's part: the last grouped COUNT a dispatcher made (no query)."""
+        found = tel.counts_of(self)
+        if found is None:
+            return {"table": self.table.name, "counted_ago": None, "dependencies": {}}
+        _, when, counts = found
+        deps: dict[str, dict[str, Any]] = {}
+        for (dependency, state), (n, oldest) in sorted(counts.items()):
+            deps.setdefault(dependency, {})[state] = {
+                "count": n,
+                "oldest_age": None if oldest is None else round(max(0.0, when - oldest), 3),
+            }
+        return {
+            "table": self.table.name,
+            "counted_ago": round(max(0.0, self.clock.now() - when), 3),
+            "dependencies": deps,
+        }
 
     # -- operations -------------------------------------------------------------------
 

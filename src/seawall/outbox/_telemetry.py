@@ -245,6 +245,13 @@ def track_counts(
     instruments()  # the gauges exist once there is something to report
 
 
+def counts_of(
+    outbox: object,
+) -> tuple[str, float, Mapping[tuple[str, str], tuple[int, float | None]]] | None:
+    """The last counts a dispatcher made for *outbox* (table, when, counts), if any."""
+    return _counts.get(outbox)
+
+
 def _attributes(table: str, dependency: str, state: str) -> dict[str, str]:
     return {
         "seawall.dependency": dependency,
