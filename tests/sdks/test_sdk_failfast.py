@@ -42,7 +42,9 @@ async def test_an_open_breaker_fails_fast_without_a_request(
         f"\n{kind.name}: open breaker, {CALLS} calls: median {median * 1e3:.3f} ms, "
         f"max {max(times) * 1e3:.3f} ms"
     )
-    assert max(times) < 0.1
+    # An SDK that sleep-retried a refusal would wait 0.375 s or more (its
+    # backoff's floor) per call; the first call pays for lazy imports.
+    assert max(times[1:]) < 0.3
     assert median < 0.005
 
 
