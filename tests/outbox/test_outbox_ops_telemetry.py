@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import structlog
 from opentelemetry import trace
@@ -267,3 +268,47 @@ async def test_the_snapshot_and_status_endpoint_show_counts_and_ages(
     transport = httpx.ASGITransport(app=status_app(registry))
     async with httpx.AsyncClient(transport=transport, base_url="http://status") as client:
         assert (await client.get("/")).json()["outbox"] == expected
+
+
+async def test_compensate_and_reconcile_spans_link_to_the_enqueue_span(
+    outbox: Outbox,
+    upstream: FaultyUpstream,
+    clock: ManualClock,
+    telemetry: tuple[InMemorySpanExporter, InMemoryMetricReader],
+) -> None:
+    spans, _ = telemetry
+    outbox.route("ledger", honours_idempotency_key=False)
+    upstream.route("/v1/charges", Fault.error(422))
+    upstream.route("/ledger/entries", Fault.hang())
+
+    @outbox.compensator("payments")
+    async def undo(entry: Any, failure: Any, s: Any) -> None:
+        pass
+
+    @outbox.reconciler("ledger")
+    async def settle(entries: list[Any], client: Any) -> dict[int, Any]:
+        return {}
+
+    await enqueue(outbox)
+    await enqueue(outbox, "ledger", path="/entries")
+    # The hung ledger call ends at a short read timeout: a shorter per-request timeout wins.
+    outbox.registry.client("ledger").timeout = httpx.Timeout(0.2)
+    await outbox.dispatcher().run_once()
+    clock.advance(7200)
+    await outbox.reconcile()
+    finished = spans.get_finished_spans()
+    by_name = {s.name: s for s in finished}
+    enqueues = {
+        s.attributes["messaging.destination.name"]: s  # type: ignore[index]
+        for s in finished
+        if s.name.startswith("seawall.outbox enqueue")
+    }
+    compensate = by_name["seawall.outbox compensate payments"]
+    assert compensate.attributes["seawall.outbox.state_after"] == "compensated"  # type: ignore[index]
+    assert [link.context.span_id for link in compensate.links] == [
+        enqueues["payments"].context.span_id
+    ]
+    reconcile = by_name["seawall.outbox reconcile ledger"]
+    assert [link.context.span_id for link in reconcile.links] == [
+        enqueues["ledger"].context.span_id
+    ]

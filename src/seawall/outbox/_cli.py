@@ -97,7 +97,7 @@ def add_parser(commands: Any) -> None:
 
 def load(target: str) -> Outbox:
     """The Outbox at ``MODULE:ATTRIBUTE`` (or what a function there returns)."""
-    from ._outbox import Outbox
+    from . import Outbox  # without SQLAlchemy: an ImportError saying what to install
 
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:

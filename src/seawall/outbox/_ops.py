@@ -347,7 +347,10 @@ async def _settle_unknown(
         for i in range(0, len(claims), BATCH):
             batch = claims[i : i + BATCH]
             try:
-                verdicts: Mapping[int, Verdict] = await reconciler([c.entry for c in batch], client)
+                with tel.reconcile_span(dep, [c.trace_context for c in batch]):
+                    verdicts: Mapping[int, Verdict] = await reconciler(
+                        [c.entry for c in batch], client
+                    )
             except Exception as exc:
                 _logger.warning(
                     "seawall.outbox.reconciler_error", dependency=dep, error=str(exc)[:300]

@@ -128,6 +128,39 @@ class DispatchSpan:
 
 
 @contextmanager
+def reconcile_span(dependency: str, links: list[str | None]) -> Iterator[DispatchSpan]:
+    """``seawall.outbox reconcile DEP``: one span per reconciler batch, linked to each
+    entry's enqueue span."""
+    tracer = _tracer()
+    if tracer is None:
+        yield DispatchSpan(None)
+        return
+    span = tracer.start_span(
+        f"seawall.outbox reconcile {dependency}",
+        context=otel_context.Context(),
+        kind=SpanKind.CONSUMER,
+        links=[link for context in links for link in _link(context)],
+        attributes={
+            "messaging.system": SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "reconcile",
+            "messaging.destination.name": dependency,
+            "messaging.batch.message_count": len(links),
+        },
+    )
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        yield DispatchSpan(span)
+    except BaseException as exc:
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        raise
+    finally:
+        otel_context.detach(token)
+        span.end()
+
+
+@contextmanager
 def dispatch_span(
     operation: str, entry: Entry, now: float, trace_context: str | None
 ) -> Iterator[DispatchSpan]:

@@ -564,7 +564,14 @@ class Worker:
                         tel.lease_lost(entry.dependency, entry.id)
                         return False
                     try:
-                        await hook(*args, session)
+                        if r.hook == "compensate":
+                            with tel.dispatch_span(
+                                "compensate", entry, now, r.claim.trace_context
+                            ) as span:
+                                await hook(*args, session)
+                                span.ended(State.COMPENSATED)
+                        else:
+                            await hook(*args, session)
                     except Exception as exc:
                         raise _HookError() from exc
             except _HookError as failed:
