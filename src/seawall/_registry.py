@@ -185,17 +185,11 @@ class Registry:
             from .redis import RedisState
 
             state = RedisState.from_settings(config.state, clock=clock)
-        if state is None:
-            from ._shared import missing_state
+        from ._shared import config_problems
 
-            problems = [
-                line
-                for spec in config.dependencies.values()
-                if spec.policy.shared is not None
-                for line in missing_state(spec.name, spec.policy.shared).problems
-            ]
-            if problems:
-                raise ConfigError(problems)
+        problems = config_problems(config, state)
+        if problems:
+            raise ConfigError(problems)
         registry = cls(clock=clock, state=state)
         registry._defaults = config.defaults
         for spec in config.dependencies.values():
@@ -477,6 +471,11 @@ class Registry:
         else:
             new = load_config(config)
         self._check_kept_transports(new)
+        from ._shared import config_problems
+
+        problems = config_problems(new, self._state)
+        if problems:  # a shared part with no state backend: nothing has changed yet
+            raise ConfigError(problems)
         self._defaults = new.defaults
         for name in [n for n in self._deps if n not in new.dependencies]:
             self._retire(self._deps.pop(name))

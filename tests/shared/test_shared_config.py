@@ -307,3 +307,12 @@ async def test_no_log_event_while_all_is_well(cluster: Cluster) -> None:
         with contextlib.suppress(Exception):
             await a.succeed(1)
     assert [e for e in logs if str(e["event"]).startswith("seawall.shared")] == []
+
+
+def test_reload_refuses_a_shared_part_without_a_state_backend_before_changing_anything() -> None:
+    registry = seawall.Registry.from_config({"dependencies": {"pay": {}}})
+    before = registry._get("pay").runtime.policy
+    with pytest.raises(seawall.ConfigError, match=r"dependencies\.pay\.shared: needs a state"):
+        registry.reload({"dependencies": {"pay": {"shared": {"breaker": "advisory"}}, "new": {}}})
+    assert registry.names == ["pay"]
+    assert registry._get("pay").runtime.policy is before

@@ -17,7 +17,7 @@ from ._ratelimit import SharedRateLimiter
 from ._state import DependencyView, SharedState, Unavailable
 
 if TYPE_CHECKING:
-    from .._config import Policy
+    from .._config import Config, Policy
     from .._runtime import Runtime
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "SharedState",
     "Unavailable",
     "build",
+    "config_problems",
     "missing_state",
     "snapshot",
 ]
@@ -51,6 +52,30 @@ def missing_state(name: str, shared: object) -> ConfigError:
     )
 
 
+def config_problems(config: Config, state: SharedState | None) -> list[str]:
+    """Every problem of *config*'s shared parts, checked before a registry changes."""
+    problems: list[str] = []
+    for spec in config.dependencies.values():
+        shared = spec.policy.shared
+        if shared is None:
+            continue
+        if state is None:
+            problems.extend(missing_state(spec.name, shared).problems)
+        if shared.breaker == "advisory" and spec.endpoints and spec.policy.breaker is not None:
+            problems.append(_advisory_endpoints(spec.name, shared.breaker))
+    return problems
+
+
+def _advisory_endpoints(name: str, value: object) -> str:
+    from .._config import _line
+
+    return _line(
+        f"dependencies.{name}.shared.breaker",
+        "an advisory breaker is not supported with endpoints (one breaker per endpoint) yet",
+        value,
+    )
+
+
 def build(rt: Runtime, state: SharedState) -> None:
     """Give *rt* the shared primitives its policy's ``shared`` asks for."""
     policy = rt.policy
@@ -58,18 +83,7 @@ def build(rt: Runtime, state: SharedState) -> None:
     assert shared is not None
     if shared.breaker == "advisory" and policy.breaker is not None:
         if rt.endpoints:
-            from .._config import _line
-
-            raise ConfigError(
-                [
-                    _line(
-                        f"dependencies.{rt.name}.shared.breaker",
-                        "an advisory breaker is not supported with endpoints (one breaker "
-                        "per endpoint) yet",
-                        shared.breaker,
-                    )
-                ]
-            )
+            raise ConfigError([_advisory_endpoints(rt.name, shared.breaker)])
         rt.breaker = AdvisoryBreaker(
             policy.breaker, clock=rt.clock, dependency=rt.name, shared=shared, state=state
         )
