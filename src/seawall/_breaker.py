@@ -265,7 +265,7 @@ class Breaker:
     metrics reader's), where they see each figure as of some recent moment.
 
     ``_state`` is the *recorded* state, the one the last transition set: the
-    engine reads ``breaker._state.value`` for call reports, where it costs one
+    engine reads ``breaker.state.value`` for call reports, where it costs one
     attribute lookup. It lags ``state`` only while an OPEN breaker's time is up
     and no call has come since.
     """

@@ -171,7 +171,7 @@ class Runtime:
         Shared per reason and breaker state: they are all alike, and an outage
         refuses calls by the thousand.
         """
-        state = self.breaker._state.value if self.breaker is not None else None
+        state = self.breaker.state.value if self.breaker is not None else None
         report = self._rejection_reports.get((reason, state))
         if report is None:
             report = self._rejection_reports[(reason, state)] = CallReport(

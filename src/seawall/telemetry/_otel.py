@@ -82,6 +82,9 @@ class TelemetrySettings:
     #: Log level of ``seawall.call`` for plain successes, and for failures and fallbacks.
     success_log_level: Literal["debug", "info", "warning", "off"] = "debug"
     failure_log_level: Literal["debug", "info", "warning", "off"] = "info"
+    #: Level of ``seawall.call`` for calls refused outright (open breaker, full
+    #: bulkhead, rate limit) with no fallback; logged only into a configured structlog.
+    rejection_log_level: Literal["debug", "info", "warning", "off"] = "debug"
     #: Attempt (CLIENT) spans: "auto" adds them unless opentelemetry-instrumentation-httpx
     #: already makes one per physical request on the inner transport.
     attempt_spans: Literal["auto", "on", "off"] = "auto"
@@ -624,11 +627,25 @@ def _span_attributes(report: CallReport) -> dict[str, Any]:
         attrs["http.response.status_code"] = report.status_code
     t = report.timeouts
     if t is not None:
-        for phase in ("connect", "read", "write", "pool", "attempt", "total"):
-            value = getattr(t, phase)
-            if value is not None:
-                attrs[f"seawall.timeout.{phase}"] = float(value)
+        attrs.update(_timeout_attributes(t))
     return attrs
+
+
+_timeout_attrs: dict[object, dict[str, float]] = {}
+
+
+def _timeout_attributes(t: Any) -> dict[str, float]:
+    """A policy's timeouts as span attributes, built once per Timeouts (frozen, hashable)."""
+    found = _timeout_attrs.get(t)
+    if found is None:
+        if len(_timeout_attrs) > 1024:  # policies come from config: a handful, bounded
+            _timeout_attrs.clear()
+        found = _timeout_attrs[t] = {
+            f"seawall.timeout.{phase}": float(value)
+            for phase in ("connect", "read", "write", "pool", "attempt", "total")
+            if (value := getattr(t, phase)) is not None
+        }
+    return found
 
 
 def success_logged() -> bool:
@@ -644,9 +661,18 @@ def log_call(report: CallReport, url: httpx.URL | None, span: trace.Span | None 
     s = _settings
     if not s.enabled:
         return
-    failed = report.outcome in _FAILED or report.fallback is not None
-    level = _LEVELS[s.failure_log_level if failed else s.success_log_level]
-    if level >= 100 or (not failed and not structlog.is_configured()):
+    outcome = report.outcome
+    if outcome in _REJECTIONS and report.fallback is None:
+        # An outage refuses calls by the thousand: one line each, at info,
+        # would flood the app's logs (the metrics and the breaker's transition
+        # event say it once). Like successes, only into a configured structlog.
+        level = _LEVELS[s.rejection_log_level]
+        quiet = not structlog.is_configured()
+    else:
+        failed = outcome in _FAILED or report.fallback is not None
+        level = _LEVELS[s.failure_log_level if failed else s.success_log_level]
+        quiet = not failed and not structlog.is_configured()
+    if level >= 100 or quiet:
         return
     logger = _bound_logger()
     is_enabled_for = getattr(logger, "is_enabled_for", None)
