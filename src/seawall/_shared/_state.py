@@ -247,7 +247,12 @@ class SharedState:
             wake.clear()
             if self._stopping:
                 return
-            await self.sync()
+            try:
+                await self.sync()
+            except Exception:  # a bug must not stop the syncing for good
+                _telemetry.logger.exception(
+                    "seawall.shared.sync_failed", namespace=self.namespace, replica=self.replica
+                )
 
     def wake(self) -> None:
         """Sync now rather than at the next interval (an override, a queue of waiters)."""
