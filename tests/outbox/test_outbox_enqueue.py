@@ -294,3 +294,52 @@ async def test_a_commit_wakes_a_dispatcher_in_this_process(outbox: Outbox) -> No
     async with session(outbox.engine) as s, s.begin():
         await s.execute(sa.text("SELECT 1"))
     assert woken == [1]  # neither a rollback nor an unrelated commit wakes it
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_bad_outbox_and_dispatcher_settings_name_the_field(
+    registry: seawall.Registry, engine: Any
+) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    with pytest.raises(TypeError, match=r"Outbox\(engine\): must be a SQLAlchemy AsyncEngine"):
+        Outbox(registry, object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Outbox\(registry\): must be a seawall.Registry"):
+        Outbox(object(), engine)  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match=r"Outbox\(max_body\): must be a number of bytes >= 0, got -1"
+    ):
+        Outbox(registry, engine, max_body=-1)
+    with pytest.raises(ValueError, match=r"Outbox\(sensitive_headers\)"):
+        Outbox(registry, engine, sensitive_headers=[""])
+    with pytest.raises(ValueError, match=r"outbox_table\(name\): must be letters"):
+        Outbox(registry, engine, table="drop table;")
+    from seawall.outbox import OutboxError
+
+    mysql = create_async_engine("mysql+aiomysql://u@localhost/db") if _has("aiomysql") else None
+    if mysql is not None:
+        with pytest.raises(OutboxError, match="supports PostgreSQL and SQLite, got 'mysql'"):
+            Outbox(registry, mysql)
+    outbox = Outbox(registry, engine)
+    for kwargs, match in [
+        ({"concurrency": 0}, r"dispatcher\(concurrency\): must be an integer in 1..10000, got 0"),
+        ({"batch_size": 1.5}, r"dispatcher\(batch_size\): must be an integer"),
+        ({"poll_interval": 0}, r"dispatcher\(poll_interval\): must be seconds"),
+        ({"flush_interval": -1}, r"dispatcher\(flush_interval\): must be seconds"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            outbox.dispatcher(**kwargs)
+    with pytest.raises(TypeError, match="unknown setting 'send_timeout'"):
+        outbox.route("payments", send_timeout=5)
+    with pytest.raises(seawall.ConfigError, match=r"OutboxRoute\.max_attempts: must be >= 1, got 0"):
+        outbox.route("payments", max_attempts=0)
+    with pytest.raises(LookupError, match="unknown dependency 'nope'"):
+        outbox.route("nope")
+    with pytest.raises(ValueError, match=r"outbox.verifier\(dependency\)"):
+        outbox.verifier("")
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

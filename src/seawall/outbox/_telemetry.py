@@ -334,7 +334,13 @@ def lease_lost(dependency: str, entry_id: int) -> None:
 
 
 def transition(
-    entry_id: int, dependency: str, before: str, after: str, *, claim: bool = False, **fields: Any
+    entry_id: int,
+    dependency: str,
+    before: str | None,
+    after: str,
+    *,
+    claim: bool = False,
+    **fields: Any,
 ) -> None:
     """``seawall.outbox.transition``: info, or debug for claims."""
     if not _otel.settings().enabled:
@@ -344,9 +350,9 @@ def transition(
         "seawall.outbox.transition",
         entry_id=entry_id,
         dependency=dependency,
-        from_state=before,
         to_state=after,
         **{k: v for k, v in fields.items() if v is not None},
+        **({} if before is None else {"from_state": before}),
     )
 
 

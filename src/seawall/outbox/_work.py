@@ -152,7 +152,7 @@ class Worker:
             tel.transition(
                 c.entry.id,
                 c.entry.dependency,
-                "claimable",
+                None,  # a claim's RETURNING has the new row only
                 str(c.entry.state),
                 claim=True,
                 attempt=c.entry.attempts,
