@@ -14,7 +14,17 @@ import seawall.testing
 assert "site-packages" in seawall.__file__, f"not the installed package: {seawall.__file__}"
 assert seawall.__version__[0].isdigit(), seawall.__version__
 assert importlib.resources.files("seawall").joinpath("py.typed").is_file(), "py.typed missing"
-for heavy in ("fastapi", "litestar", "opentelemetry.sdk", "uvicorn", "rich", "httpx2", "stripe"):
+for heavy in (
+    "fastapi",
+    "litestar",
+    "opentelemetry.sdk",
+    "uvicorn",
+    "rich",
+    "httpx2",
+    "stripe",
+    "redis",
+    "sqlalchemy",
+):
     assert heavy not in sys.modules, f"importing seawall imported {heavy}"
 
 
