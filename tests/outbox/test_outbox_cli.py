@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog
 from outbox_procs import environment, start, stop, write_app
 
 import seawall
@@ -74,6 +75,20 @@ def app(
     app.run(lambda outbox: outbox.create_schema())
     yield app
     sys.modules.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def _pristine_structlog() -> Iterator[None]:
+    """The CLI configures structlog (to stderr) only if nobody did: a configuration
+    an earlier test left behind must not send its events to stdout here."""
+    was_configured = structlog.is_configured()
+    config = structlog.get_config()
+    structlog.reset_defaults()
+    yield
+    if was_configured:
+        structlog.configure(**config)
+    else:
+        structlog.reset_defaults()
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
