@@ -271,7 +271,7 @@ async def test_a_result_after_the_lease_passed_to_another_is_dropped(
 ) -> None:
     """Fencing: dispatcher A's lease expires mid-send, B re-claims; A's late write matches nothing."""
     outbox.route("payments", send_deadline=5, lease_margin=1)
-    upstream.route("/v1/charges", Fault.latency(0.3), Fault.ok())
+    upstream.route("/v1/charges", Fault.latency(1.0), Fault.ok())  # A is slow
     ref = await enqueue(outbox)
     a, b = outbox.dispatcher(), outbox.dispatcher()
     result: list[Any] = []
@@ -427,7 +427,7 @@ async def test_claimed_ahead_entries_whose_lease_ran_short_are_given_back(
     """Four claimed, one sending at a time: the three waiting outlive what their lease
     can cover, so they go back unsent (no attempt counted) and are claimed afresh."""
     outbox.route("payments", send_deadline=5, lease_margin=1)
-    upstream.route("/v1/charges", Fault.latency(0.5), Fault.ok())
+    upstream.route("/v1/charges", Fault.latency(1.0), Fault.ok())
     refs = [await enqueue(outbox) for _ in range(4)]
     async with outbox.dispatcher(concurrency=1, batch_size=4, poll_interval=0.05):
         await eventually(lambda: upstream.count() == 1)

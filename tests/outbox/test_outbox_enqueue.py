@@ -331,7 +331,9 @@ async def test_bad_outbox_and_dispatcher_settings_name_the_field(
             outbox.dispatcher(**kwargs)
     with pytest.raises(TypeError, match="unknown setting 'send_timeout'"):
         outbox.route("payments", send_timeout=5)
-    with pytest.raises(seawall.ConfigError, match=r"OutboxRoute\.max_attempts: must be >= 1, got 0"):
+    with pytest.raises(
+        seawall.ConfigError, match=r"OutboxRoute\.max_attempts: must be >= 1, got 0"
+    ):
         outbox.route("payments", max_attempts=0)
     with pytest.raises(LookupError, match="unknown dependency 'nope'"):
         outbox.route("nope")
