@@ -103,6 +103,7 @@ async def test_an_async_with_block_is_one_call(spans: InMemorySpanExporter) -> N
 async def test_refusals_are_debug_events_and_only_into_a_configured_structlog(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    structlog.reset_defaults()  # as an app that never configured it (the fixture restores)
     name = unique("db")
     g = guarded(name)
     assert g.breaker is not None
