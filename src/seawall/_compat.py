@@ -11,6 +11,9 @@ import time
 from types import ModuleType
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.metrics import _internal as _metrics_internal
+
 __all__ = [
     "environment_proxies",
     "expire_connection",
@@ -78,13 +81,9 @@ def tracer_provider_set() -> bool:
 
     A dict lookup, where ``get_tracer_provider()`` costs most of a microsecond.
     """
-    from opentelemetry import trace
-
     return getattr(trace, "_TRACER_PROVIDER", None) is not None
 
 
 def meter_provider_set() -> bool:
     """Whether a global meter provider was installed (``metrics._internal._METER_PROVIDER``)."""
-    from opentelemetry.metrics import _internal
-
-    return getattr(_internal, "_METER_PROVIDER", None) is not None
+    return getattr(_metrics_internal, "_METER_PROVIDER", None) is not None

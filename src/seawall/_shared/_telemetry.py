@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.metrics import _internal as _metrics_internal
 
+from .._compat import meter_provider_set
 from ..telemetry import _otel
 
 if TYPE_CHECKING:
@@ -102,9 +102,7 @@ def metrics_for(state: SharedState) -> _Instruments | None:
         return None
     if _instruments is not None and _instruments.settings is settings:
         return _instruments
-    if settings.meter_provider is None and not _otel._provider_set(
-        _metrics_internal, "_METER_PROVIDER"
-    ):
+    if settings.meter_provider is None and not meter_provider_set():
         return None
     provider = settings.meter_provider or metrics.get_meter_provider()
     _instruments = _Instruments(settings, provider.get_meter("seawall.shared"))

@@ -23,9 +23,9 @@ import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
+from .._compat import meter_provider_set
 from ..telemetry import _otel
 
 if TYPE_CHECKING:
@@ -250,10 +250,7 @@ def instruments() -> _Instruments | None:
     if _cached is not None and _cached[0] is s:
         return _cached[1]
     found: _Instruments | None = None
-    if s.enabled and (
-        s.meter_provider is not None
-        or getattr(_metrics_internal, "_METER_PROVIDER", None) is not None
-    ):
+    if s.enabled and (s.meter_provider is not None or meter_provider_set()):
         provider = s.meter_provider or metrics.get_meter_provider()
         found = _Instruments(provider.get_meter("seawall.outbox"))
     if found is not None or not s.enabled:

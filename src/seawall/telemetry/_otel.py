@@ -21,9 +21,9 @@ import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from .._compat import meter_provider_set, tracer_provider_set
 from .._report import CallReport, Outcome
 from . import _redact
 
@@ -126,13 +126,6 @@ def redact_url(url: httpx.URL) -> str:
     return _redact.redact_url(url, _settings.query_allowlist)
 
 
-def _provider_set(module: Any, attr: str) -> bool:
-    # The OTel API keeps the global provider in a module global; None until an
-    # SDK (or anything) is installed. Checking it costs a dict lookup, where
-    # get_tracer_provider() costs most of a microsecond.
-    return getattr(module, attr, None) is not None
-
-
 class _Engine:
     """Lazily built tracer, meter and instruments, rebuilt when settings change."""
 
@@ -152,7 +145,7 @@ class _Engine:
             return None
         if self._tracer is not None:
             return self._tracer
-        if s.tracer_provider is None and not _provider_set(trace, "_TRACER_PROVIDER"):
+        if s.tracer_provider is None and not tracer_provider_set():
             return None
         provider = s.tracer_provider or trace.get_tracer_provider()
         self._tracer = provider.get_tracer("seawall")
@@ -164,7 +157,7 @@ class _Engine:
             return False
         if self._meter_ready:
             return True
-        if s.meter_provider is None and not _provider_set(_metrics_internal, "_METER_PROVIDER"):
+        if s.meter_provider is None and not meter_provider_set():
             return False
         provider = s.meter_provider or metrics.get_meter_provider()
         meter = provider.get_meter("seawall")
