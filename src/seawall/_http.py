@@ -313,12 +313,10 @@ def copy_request(x: ModuleType, request: Any) -> Any:
     )
 
 
-def retarget(
-    x: ModuleType, endpoints: tuple[Endpoint, ...], request: Any, endpoint: Endpoint
-) -> Any:
-    """*request* sent to *endpoint*: with that endpoint's credentials, never another's."""
-    source = next((ep for ep in endpoints if ep.matches(request.url)), None)
-    if source is None or source is endpoint:
+def retarget(x: ModuleType, source: Endpoint, request: Any, endpoint: Endpoint) -> Any:
+    """*request* (under *source*) sent to *endpoint*: with that endpoint's credentials,
+    never another's."""
+    if source is endpoint:
         return request
     url = endpoint.rebase(request.url, source)
     headers = request.headers.copy()

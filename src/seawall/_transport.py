@@ -79,6 +79,7 @@ class HttpCall(Call):
         "routes",
         "safe_after_send",
         "sent_unanswered",
+        "source",
         "streaming",
         "their_trace",
         "unknown",
@@ -90,6 +91,8 @@ class HttpCall(Call):
     request: Any
     routes: Sequence[Route]
     safe_after_send: bool
+    #: The endpoint the request's URL lies under (matched once per call).
+    source: Any
     sent_unanswered: bool
     streaming: bool
     their_trace: Any
@@ -276,6 +279,7 @@ class TransportCore:
         else:
             call.routes = endpoints
             call.next_route = endpoints.index(source)
+        call.source = source
         return call
 
     # -- the front end's part ------------------------------------------------------
@@ -291,7 +295,7 @@ class TransportCore:
         request = call.request
         route = attempt.route
         target = attempt.target = (
-            retarget(self._flavor.x, self._endpoints, request, route)
+            retarget(self._flavor.x, call.source, request, route)
             if isinstance(route, Endpoint)
             else request
         )
