@@ -4,10 +4,12 @@
 * :func:`disable_waits`: backoff and Retry-After waits become no-ops.
 * :class:`FaultyUpstream` and :class:`Fault`: a real HTTP server on loopback
   that injects faults on demand and logs what it received.
+* :class:`PaymentProvider` and :class:`Charge`: a fake payment provider on
+  loopback, with its own ledger of charges, faults scripted the same way.
 * :func:`force_open`, :func:`force_closed`: drive breakers by hand.
 * :func:`assert_report`: assert on a call's CallReport.
-* a pytest plugin with the fixtures ``seawall_clock``, ``faulty_upstream`` and
-  ``seawall_no_waits``.
+* a pytest plugin with the fixtures ``seawall_clock``, ``faulty_upstream``,
+  ``payment_provider`` and ``seawall_no_waits``.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from ._clock import ManualClock
 
 if TYPE_CHECKING:
     from ._helpers import assert_report, force_closed, force_open
+    from ._payments import Charge, PaymentProvider
     from ._upstream import Fault, FaultyUpstream, RecordedRequest
 
 __all__ = [
+    "Charge",
     "Fault",
     "FaultyUpstream",
     "ManualClock",
+    "PaymentProvider",
     "RecordedRequest",
     "assert_report",
     "disable_waits",
@@ -57,6 +62,10 @@ def __getattr__(name: str) -> Any:
         from . import _upstream
 
         return getattr(_upstream, name)
+    if name in ("Charge", "PaymentProvider"):
+        from . import _payments
+
+        return getattr(_payments, name)
     if name in ("assert_report", "force_closed", "force_open"):
         from . import _helpers
 

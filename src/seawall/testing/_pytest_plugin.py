@@ -1,8 +1,9 @@
 """seawall's pytest plugin (registered through the ``pytest11`` entry point).
 
 Fixtures: ``seawall_clock`` (a ManualClock), ``faulty_upstream`` (a started
-FaultyUpstream, stopped after the test) and ``seawall_no_waits`` (backoff and
-Retry-After waits become no-ops for the test).
+FaultyUpstream, stopped after the test), ``payment_provider`` (a started
+PaymentProvider, likewise) and ``seawall_no_waits`` (backoff and Retry-After
+waits become no-ops for the test).
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ def faulty_upstream() -> Iterator[object]:
 
     with FaultyUpstream() as upstream:
         yield upstream
+
+
+@pytest.fixture
+def payment_provider() -> Iterator[object]:
+    """A started :class:`~seawall.testing.PaymentProvider` on a random loopback port."""
+    from ._payments import PaymentProvider
+
+    with PaymentProvider() as provider:
+        yield provider
 
 
 @pytest.fixture

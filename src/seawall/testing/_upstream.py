@@ -55,7 +55,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import MappingProxyType, TracebackType
-from typing import cast
+from typing import Self, cast
 
 import anyio.to_thread
 import h11
@@ -444,7 +444,7 @@ class FaultyUpstream:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self) -> FaultyUpstream:
+    def start(self) -> Self:
         """Bind, start serving in a daemon thread and return ``self``.
 
         Raises :class:`OSError` naming the address if it cannot listen (port
@@ -492,7 +492,7 @@ class FaultyUpstream:
             if thread.is_alive():  # pragma: no cover - would be a bug in shutdown
                 raise RuntimeError("FaultyUpstream: server thread did not stop")
 
-    def __enter__(self) -> FaultyUpstream:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -503,7 +503,7 @@ class FaultyUpstream:
     ) -> None:
         self.stop()
 
-    async def __aenter__(self) -> FaultyUpstream:
+    async def __aenter__(self) -> Self:
         # Binding and spawning the thread takes about a millisecond: fine inline.
         return self.start()
 
@@ -863,8 +863,23 @@ class FaultyUpstream:
         with self._state:
             self._log.append(recorded)
             n = self._seen[path] = self._seen.get(path, 0) + 1
-            script = self._routes.get(path, self._default)
-            return script.next(), n
+            fault = self._script_for(method, path).next()
+        return self._answer(recorded, fault, n), n
+
+    # -- hooks for servers built on this one (seawall.testing.PaymentProvider) --
+
+    def _script_for(self, method: str, path: str) -> _Script:
+        """The script a request consumes; called with the state lock held."""
+        return self._routes.get(path, self._default)
+
+    def _answer(self, request: RecordedRequest, fault: Fault, n: int) -> Fault:
+        """The fault to answer *request* with, given the one its script chose.
+
+        Called on the server thread, without the state lock, before any of the
+        fault's delays: a subclass acts on the request here (at receipt) and
+        returns the answer, e.g. the fault with a body of its own.
+        """
+        return fault
 
     async def _respond(
         self,
