@@ -1,19 +1,29 @@
-"""A small shop API on FastAPI, protected by seawall.
+"""A small shop API on FastAPI, protected by seawall, its orders in SQLite.
 
 Run it from the repository root (see README.md)::
 
     PAYMENTS_URL=http://127.0.0.1:8101 CATALOG_URL=http://127.0.0.1:8102 \\
     NOTIFICATIONS_URL=http://127.0.0.1:8103 uvicorn examples.fastapi_app.app:app
 
-* ``POST /pay``: charge an order (verify-then-commit when the charge gets no answer);
-* ``GET /orders/{order_id}``: an order's state (a parked order is verified again);
+* ``POST /pay``: accept an order: it is stored and its charge enqueued in one
+  transaction (seawall's outbox); 202 with ``Location: /orders/{order_id}``;
+* ``GET /orders/{order_id}``: the order (accepted, paid, cancelled or
+  needs_attention) and the state of its charge in the outbox;
 * ``GET /catalog``: the catalog, served stale when the catalog service fails;
-* ``GET /_resilience/``: every dependency's breaker, bulkhead and pool figures.
+* ``GET /_resilience/``: every dependency's breaker, bulkhead and pool figures,
+  and the outbox's counts.
+
+The outbox's dispatcher runs for the app's life. ``outbox`` below is what the
+``seawall outbox`` commands take::
+
+    seawall outbox reconcile examples.fastapi_app.app:outbox
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 import httpx
@@ -23,21 +33,21 @@ from pydantic import BaseModel, Field
 
 import seawall
 import seawall.asgi
+import seawall.db
 import seawall.fastapi
+from seawall.outbox import Outbox
 
 from . import shop
 from .resilience import build_registry, load_settings, setup_telemetry
 
-__all__ = ["REQUEST_DEADLINE", "app", "create_app"]
+__all__ = ["REQUEST_DEADLINE", "app", "create_app", "outbox"]
 
 #: Every request's time budget, in seconds: each seawall call made while handling
 #: it is capped by what remains (a shorter inbound Request-Timeout header wins).
 REQUEST_DEADLINE = 10.0
 
 # One alias per dependency: handlers get the dependency's ResilientClient.
-Payments = Annotated[seawall.ResilientClient, Depends(seawall.fastapi.client("payments"))]
 Catalog = Annotated[seawall.ResilientClient, Depends(seawall.fastapi.client("catalog"))]
-Notifications = Annotated[seawall.ResilientClient, Depends(seawall.fastapi.client("notifications"))]
 OrderId = Annotated[str, Path(pattern=shop.ORDER_ID_PATTERN)]
 
 
@@ -48,11 +58,11 @@ class OrderIn(BaseModel):
     email: str | None = None
 
 
-def order_book(request: Request) -> shop.OrderBook:
-    return request.app.state.orders  # type: ignore[no-any-return]
+def shop_outbox(request: Request) -> Outbox:
+    return request.app.state.outbox  # type: ignore[no-any-return]
 
 
-Orders = Annotated[shop.OrderBook, Depends(order_book)]
+ShopOutbox = Annotated[Outbox, Depends(shop_outbox)]
 
 
 def respond(answer: shop.Answer) -> JSONResponse:
@@ -68,26 +78,13 @@ router = APIRouter()
 
 
 @router.post("/pay")
-async def pay(
-    order: OrderIn, payments: Payments, notifications: Notifications, orders: Orders
-) -> JSONResponse:
-    answer = await shop.pay(
-        shop.Order(**order.model_dump()),
-        payments=payments,
-        notifications=notifications,
-        orders=orders,
-    )
-    return respond(answer)
+async def pay(order: OrderIn, outbox: ShopOutbox) -> JSONResponse:
+    return respond(await shop.pay(shop.Order(**order.model_dump()), outbox=outbox))
 
 
 @router.get("/orders/{order_id}")
-async def get_order(
-    order_id: OrderId, payments: Payments, notifications: Notifications, orders: Orders
-) -> JSONResponse:
-    answer = await shop.order_status(
-        order_id, payments=payments, notifications=notifications, orders=orders
-    )
-    return respond(answer)
+async def get_order(order_id: OrderId, outbox: ShopOutbox) -> JSONResponse:
+    return respond(await shop.order_status(order_id, outbox=outbox))
 
 
 @router.get("/catalog")
@@ -105,16 +102,42 @@ def create_app(
     config_path: str | os.PathLike[str] | None = None,
     *,
     registry: seawall.Registry | None = None,
+    database_url: str | None = None,
+    clock: seawall.Clock | None = None,
+    dispatch: bool = True,
 ) -> FastAPI:
     """The shop: from *registry*, or from the TOML at *config_path* (default
-    ``resilience.toml`` next to this file) with base URLs from the environment."""
+    ``resilience.toml`` next to this file) with base URLs from the environment.
+
+    Orders and the outbox live at *database_url* (default ``DATABASE_URL``, else
+    ``shop.db`` in the working directory); *clock* is the outbox's. With
+    ``dispatch=False`` no dispatcher runs in the app (tests drive one by hand;
+    ``seawall outbox run examples.fastapi_app.app:outbox`` runs one apart).
+    """
     if registry is None:
         registry = build_registry(load_settings(config_path))
-    app = FastAPI(title="shop (seawall example)")
-    app.state.orders = shop.OrderBook()
+    engine = shop.create_engine(database_url or shop.database_url())
+    outbox = shop.build_outbox(registry, engine, clock=clock)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await shop.create_schema(engine)
+        # Warn if a handler ever calls out while it holds a transaction.
+        unwatch = seawall.db.watch(engine)
+        try:
+            yield
+        finally:
+            unwatch()
+            await engine.dispose()  # the dispatcher has stopped by now
+
+    app = FastAPI(title="shop (seawall example)", lifespan=lifespan)
+    app.state.outbox = outbox
     # Middleware (request deadline, seawall errors -> 503/504 problem+json),
-    # exception handlers, and the registry's lifespan (clients open and close with the app).
-    seawall.fastapi.install(app, registry, deadline=REQUEST_DEADLINE)
+    # exception handlers, the registry's lifespan (clients open and close with
+    # the app) and the outbox's dispatcher, inside the app's own lifespan.
+    seawall.fastapi.install(
+        app, registry, outbox=outbox if dispatch else None, deadline=REQUEST_DEADLINE
+    )
     app.add_exception_handler(httpx.TransportError, transport_error)
     app.include_router(router)
     # Read-only figures; pass admin_token=... to allow forcing breakers open/closed.
@@ -124,3 +147,6 @@ def create_app(
 
 
 app = create_app()
+
+#: The app's outbox: ``seawall outbox reconcile|status|run examples.fastapi_app.app:outbox``.
+outbox: Outbox = app.state.outbox

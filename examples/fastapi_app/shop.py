@@ -1,47 +1,73 @@
 """The shop's logic, with no web framework in it: both example apps call these.
 
-Three dependencies, three ways of living with their failures:
+Orders live in a database (SQLite by default, ``DATABASE_URL``) through
+SQLAlchemy's AsyncSession, and every call that changes something upstream
+goes through seawall's transactional outbox (``seawall.outbox``):
 
-* payments: a charge carries the order id as its Idempotency-Key, so seawall
-  may retry it; when no answer comes back at all the shop asks the provider
-  what happened before it commits anything (:func:`verify_then_commit`);
+* payments: ``POST /pay`` writes the order (``accepted``) and enqueues its
+  charge in ONE transaction, then answers 202 at once. A dispatcher sends the
+  charge after the commit, with the order id as its Idempotency-Key, and
+  records what came of it. A charge whose outcome is unknown (the provider
+  hung) is checked with the provider's status API (:func:`verify_payment`); a
+  charge that failed after the order was accepted is compensated: the order
+  is cancelled and the provider's cancel API called (:func:`compensate_payment`);
+* notifications: best effort, enqueued in the transaction that marks the
+  order paid, sent at most once (the mailer ignores idempotency keys);
 * catalog: a read, answered from the last good response when the catalog
-  fails (``fallback.stale_if_error``), and the answer says so;
-* notifications: best effort; a failure is logged and swallowed.
+  fails (``fallback.stale_if_error``), and the answer says so.
 
-Each function returns an :class:`Answer` (status, JSON body, headers) that the
-app turns into its framework's response. Seawall's rejections (circuit open,
-bulkhead full) and timeouts are not caught here: they reach the app, whose
-seawall integration answers them with 503/504 problem responses.
+No handler calls out while it holds a transaction, and the payments
+provider being slow or down never slows ``/pay``: the charge waits in the
+outbox. Each function returns an :class:`Answer` (status, JSON body,
+headers) that the app turns into its framework's response.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 import httpx
+import sqlalchemy as sa
 import structlog
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import seawall
 import seawall.asgi
+from seawall.outbox import Entry, Failure, IdempotencyKeyReusedError, Outbox, Verdict, outbox_table
 
 __all__ = [
+    "ACCEPTED",
     "CALL_ERRORS",
+    "CANCELLED",
+    "DEFAULT_DATABASE_URL",
+    "NEEDS_ATTENTION",
     "ORDER_ID_PATTERN",
+    "OUTBOX_TABLE",
+    "PAID",
     "Answer",
+    "Base",
     "Order",
-    "OrderBook",
-    "check_charge",
+    "OrderRecord",
+    "build_outbox",
+    "compensate_payment",
+    "create_engine",
+    "create_schema",
+    "database_url",
+    "get_order",
     "list_catalog",
-    "may_have_reached",
-    "notify",
     "order_status",
+    "paid",
     "pay",
     "transport_error_problem",
-    "verify_then_commit",
+    "verify_payment",
 ]
 
 log = structlog.get_logger("shop")
@@ -49,10 +75,23 @@ log = structlog.get_logger("shop")
 #: What an order id looks like; it becomes part of a URL path and a header.
 ORDER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
-#: Errors a charge can end in. seawall's rejections (circuit open, bulkhead full)
-#: come before anything is sent, unless an earlier attempt of the same call went
-#: out: see :func:`may_have_reached`.
+#: Where the orders (and the outbox) live unless ``DATABASE_URL`` says otherwise:
+#: ``shop.db`` in the working directory.
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///shop.db"
+
+#: Errors a call can end in (seawall's rejections and timeouts, httpx's transport errors).
 CALL_ERRORS = (seawall.SeawallError, TimeoutError, httpx.TransportError)
+
+# An order's status: accepted (its charge is in the outbox), then paid or
+# cancelled; needs_attention when only a person can settle it.
+ACCEPTED = "accepted"
+PAID = "paid"
+CANCELLED = "cancelled"
+NEEDS_ATTENTION = "needs_attention"
+
+# What an outbox entry of payments is, in its metadata.
+CHARGE = "charge"
+CANCEL = "cancel"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,38 +112,69 @@ class Order:
     email: str | None = None
 
 
-class OrderBook:
-    """The shop's own record of orders (in memory: it is an example).
+# -- the database ---------------------------------------------------------------------
 
-    An order is committed here only once the shop knows whether it was paid.
-    """
 
-    def __init__(self) -> None:
-        self._orders: dict[str, dict[str, Any]] = {}
-        self._pending: dict[str, Order] = {}
+class Base(DeclarativeBase):
+    pass
 
-    def get(self, order_id: str) -> dict[str, Any] | None:
-        return self._orders.get(order_id)
 
-    def pending(self, order_id: str) -> Order | None:
-        return self._pending.get(order_id)
+class OrderRecord(Base):
+    """An order, as the shop keeps it."""
 
-    def commit(self, order: Order, status: str, **details: Any) -> dict[str, Any]:
-        record = {"order_id": order.order_id, "status": status, **details}
-        self._orders[order.order_id] = record
-        self._pending.pop(order.order_id, None)
-        return record
+    __tablename__ = "orders"
 
-    def hold(self, order: Order) -> dict[str, Any]:
-        """Park an order whose payment could not be verified yet."""
-        record = {"order_id": order.order_id, "status": "pending_verification"}
-        self._orders[order.order_id] = record
-        self._pending[order.order_id] = order
-        return record
+    order_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    amount_cents: Mapped[int]
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    email: Mapped[str | None]
+    status: Mapped[str] = mapped_column(sa.String(20))
+    #: The provider's charge id, once paid.
+    charge_id: Mapped[str | None]
+    #: Why the order is where it is (a cancellation's reason, ...).
+    detail: Mapped[str | None]
+    #: The outbox entries of its charge, its cancellation and its notification.
+    charge_entry: Mapped[int | None]
+    cancel_entry: Mapped[int | None]
+    notification_entry: Mapped[int | None]
 
-    def forget(self, order_id: str) -> None:
-        self._orders.pop(order_id, None)
-        self._pending.pop(order_id, None)
+
+#: seawall's outbox table, in the same metadata as the orders: created with them
+#: here (:func:`create_schema`), by Alembic in a real project.
+OUTBOX_TABLE = outbox_table(Base.metadata)
+
+
+def database_url(environ: Mapping[str, str] | None = None) -> str:
+    """``DATABASE_URL`` if set, else :data:`DEFAULT_DATABASE_URL` (``shop.db`` here)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An AsyncEngine for *url*; on SQLite with WAL and a busy timeout, as the outbox
+    needs (the app's transactions and the dispatcher's writes queue, never fail)."""
+    engine = create_async_engine(url)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    return engine
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Create the orders and the outbox's table if missing (Alembic's job in a real project)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+
+
+def _session(outbox: Outbox) -> AsyncSession:
+    return AsyncSession(outbox.engine, expire_on_commit=False)
 
 
 def _json(response: httpx.Response) -> Any:
@@ -114,170 +184,261 @@ def _json(response: httpx.Response) -> Any:
         return None
 
 
+# -- the outbox and its hooks ----------------------------------------------------------
+
+
+def build_outbox(
+    registry: seawall.Registry, engine: AsyncEngine, *, clock: seawall.Clock | None = None
+) -> Outbox:
+    """The shop's outbox, its hooks registered (routes come from ``resilience.toml``).
+
+    ``clock`` is the outbox's (wall-clock seconds by default; tests pass a
+    ``seawall.testing.ManualClock``).
+    """
+    outbox = Outbox(registry, engine, table=OUTBOX_TABLE, clock=clock)
+
+    @outbox.verifier("payments")
+    async def _verify(entry: Entry, client: seawall.ResilientClient) -> Verdict:
+        return await verify_payment(entry, client)
+
+    @outbox.on_success("payments")
+    async def _succeeded(entry: Entry, response: Any, session: AsyncSession) -> None:
+        await paid(outbox, entry, response, session)
+
+    @outbox.compensator("payments")
+    async def _compensate(entry: Entry, failure: Failure, session: AsyncSession) -> None:
+        await compensate_payment(outbox, entry, failure, session)
+
+    @outbox.verifier("notifications")
+    async def _unverifiable(entry: Entry, client: seawall.ResilientClient) -> Verdict:
+        # Best effort, at most once: a notification whose outcome is unknown
+        # is not sent again (the mailer ignores keys: it could go out twice).
+        return Verdict.failed("outcome unknown; best effort, not sent again")
+
+    @outbox.compensator("notifications")
+    async def _not_notified(entry: Entry, failure: Failure, session: AsyncSession) -> None:
+        log.warning(
+            "notification_failed",
+            order_id=(entry.metadata or {}).get("order_id"),
+            reason=failure.reason,
+            status=failure.status_code,
+        )
+
+    return outbox
+
+
 # -- payments ----------------------------------------------------------------------
 
 
-async def pay(
-    order: Order,
-    *,
-    payments: seawall.ResilientClient,
-    notifications: seawall.ResilientClient,
-    orders: OrderBook,
-) -> Answer:
-    """Charge *order*; verify with the provider when the charge got no answer."""
+async def pay(order: Order, *, outbox: Outbox) -> Answer:
+    """Accept *order*: write it and enqueue its charge in one transaction; answer 202.
+
+    The charge is sent after the commit, whatever happens to this process
+    (a crash, a deploy): the outbox holds it. The same order posted again is
+    answered as the first time (nothing enqueued twice); another order under
+    the same id is a 409.
+    """
     try:
-        response = await payments.post(
-            "/charges",
-            json={
-                "order_id": order.order_id,
-                "amount": order.amount_cents,
-                "currency": order.currency,
-            },
-            idempotency_key=order.order_id,  # the provider charges a key once
-        )
-    except CALL_ERRORS as exc:
-        if not may_have_reached(exc):
-            raise  # refused before anything was sent: seawall answers 503
-        log.warning("charge_unanswered", order_id=order.order_id, error=type(exc).__name__)
-        return await verify_then_commit(
-            order, payments=payments, notifications=notifications, orders=orders
-        )
-    if response.is_success:
-        return await _paid(
-            order, _json(response), verified=False, notifications=notifications, orders=orders
-        )
-    if response.is_client_error:
-        orders.commit(order, "declined")
-        return Answer(402, {"order_id": order.order_id, "status": "declined"})
-    # The provider answered, with an error: nothing was charged.
+        async with _session(outbox) as session, session.begin():
+            existing = await session.get(OrderRecord, order.order_id)
+            if existing is not None:
+                return _again(order, existing)
+            charge = await outbox.enqueue(
+                session,
+                "payments",
+                "POST",
+                "/charges",
+                json={
+                    "order_id": order.order_id,
+                    "amount": order.amount_cents,
+                    "currency": order.currency,
+                },
+                idempotency_key=order.order_id,  # the provider charges a key once
+                metadata={"order_id": order.order_id, "kind": CHARGE},
+            )
+            record = OrderRecord(
+                order_id=order.order_id,
+                amount_cents=order.amount_cents,
+                currency=order.currency,
+                email=order.email,
+                status=ACCEPTED,
+                charge_entry=charge.id,
+            )
+            session.add(record)
+    except (IntegrityError, IdempotencyKeyReusedError):
+        # Another request for the same order id committed first.
+        async with _session(outbox) as session:
+            existing = await session.get(OrderRecord, order.order_id)
+        if existing is None:
+            raise
+        return _again(order, existing)
+    log.info("order_accepted", order_id=order.order_id, entry_id=charge.id)
     return Answer(
-        502,
+        202,
+        {"order_id": order.order_id, "status": ACCEPTED, "payment": {"state": "pending"}},
+        {"Location": f"/orders/{order.order_id}"},
+    )
+
+
+def _again(order: Order, existing: OrderRecord) -> Answer:
+    same = (existing.amount_cents, existing.currency, existing.email) == (
+        order.amount_cents,
+        order.currency,
+        order.email,
+    )
+    if not same:
+        return Answer(
+            409,
+            {"order_id": order.order_id, "detail": "another order has this id"},
+        )
+    return Answer(
+        202,
+        {"order_id": order.order_id, "status": existing.status},
+        {"Location": f"/orders/{order.order_id}"},
+    )
+
+
+async def verify_payment(entry: Entry, client: seawall.ResilientClient) -> Verdict:
+    """What became of a payments call whose outcome is unknown: ask the provider.
+
+    ``GET /charges/{order_id}``: 200, the charge exists (a cancellation: the
+    charge is cancelled); 404, it never arrived (resend, same key); anything
+    else, or no answer, still unknown (the outbox asks again later).
+    """
+    metadata = entry.metadata or {}
+    order_id = str(metadata.get("order_id"))
+    try:
+        response = await client.get(f"/charges/{quote(order_id, safe='')}")
+    except CALL_ERRORS as exc:
+        log.warning("charge_check_failed", order_id=order_id, error=type(exc).__name__)
+        return Verdict.unknown()
+    if response.status_code == 404:
+        return Verdict.not_applied()
+    if response.status_code != 200:
+        return Verdict.unknown()
+    if metadata.get("kind") == CANCEL:
+        charge = _json(response) or {}
+        if charge.get("status") == "cancelled" or charge.get("cancelled") is True:
+            return Verdict.succeeded(response)
+        return Verdict.not_applied()  # not cancelled yet: send the cancel again
+    return Verdict.succeeded(response)
+
+
+async def paid(outbox: Outbox, entry: Entry, response: Any, session: AsyncSession) -> None:
+    """on_success, in the transaction that marks the entry succeeded.
+
+    A charge: the order is paid, and its notification enqueued (it commits
+    with the order, or not at all). A cancellation: noted on the order.
+    """
+    metadata = entry.metadata or {}
+    order = await session.get(OrderRecord, metadata.get("order_id"))
+    if order is None:
+        return
+    body = _json(response) if isinstance(response, httpx.Response) else response
+    if metadata.get("kind") == CANCEL:
+        order.detail = "the charge was cancelled at the provider"
+        log.info("charge_cancelled", order_id=order.order_id)
+        return
+    if order.status != ACCEPTED:
+        return
+    order.status = PAID
+    order.charge_id = body.get("id") if isinstance(body, dict) else None
+    note = await outbox.enqueue(
+        session,
+        "notifications",
+        "POST",
+        "/notifications",
+        json={"event": "order_paid", "order_id": order.order_id, "email": order.email},
+        idempotency_key=f"order_paid-{order.order_id}",
+        metadata={"order_id": order.order_id},
+    )
+    order.notification_entry = note.id
+    log.info("order_paid", order_id=order.order_id, charge_id=order.charge_id)
+
+
+async def compensate_payment(
+    outbox: Outbox, entry: Entry, failure: Failure, session: AsyncSession
+) -> None:
+    """The compensator, in the transaction that marks the entry compensated.
+
+    A charge that failed after the order was accepted (declined, out of
+    attempts or age, resolved as failed by hand): the order is cancelled and
+    the provider's cancel API called, through the outbox too (the failure
+    does not prove nothing was charged; the provider answers 404 when there
+    is nothing to cancel). A cancellation that failed: 404 means there was
+    nothing to cancel; anything else needs a person.
+    """
+    metadata = entry.metadata or {}
+    order = await session.get(OrderRecord, metadata.get("order_id"))
+    if order is None:
+        return
+    if metadata.get("kind") == CANCEL:
+        if failure.status_code == 404:
+            order.detail = f"{order.detail}; nothing was charged"
+            return
+        order.status = NEEDS_ATTENTION
+        order.detail = f"the cancellation failed: {failure.reason}"
+        log.warning("cancel_failed", order_id=order.order_id, reason=failure.reason)
+        return
+    order.status = CANCELLED
+    order.detail = f"payment failed: {failure.reason}"
+    cancel = await outbox.enqueue(
+        session,
+        "payments",
+        "POST",
+        f"/charges/{quote(order.order_id, safe='')}/cancel",
+        idempotency_key=f"cancel-{order.order_id}",
+        metadata={"order_id": order.order_id, "kind": CANCEL},
+    )
+    order.cancel_entry = cancel.id
+    log.warning("order_cancelled", order_id=order.order_id, reason=failure.reason)
+
+
+async def get_order(outbox: Outbox, order_id: str) -> OrderRecord | None:
+    """The order *order_id*, as stored (None if there is none)."""
+    async with _session(outbox) as session:
+        return await session.get(OrderRecord, order_id)
+
+
+async def order_status(order_id: str, *, outbox: Outbox) -> Answer:
+    """An order as stored, with the state of its outbox entries (no call goes out)."""
+    order = await get_order(outbox, order_id)
+    if order is None:
+        return Answer(404, {"detail": "no such order"})
+    payment = await _entry_view(outbox, order.charge_entry)
+    status = order.status
+    if status == ACCEPTED and payment is not None and payment["needs_attention"]:
+        status = NEEDS_ATTENTION
+    return Answer(
+        200,
         {
             "order_id": order.order_id,
-            "status": "failed",
-            "detail": f"the payment provider answered {response.status_code}",
+            "amount_cents": order.amount_cents,
+            "currency": order.currency,
+            "status": status,
+            "charge_id": order.charge_id,
+            "detail": order.detail,
+            "payment": payment,
+            "cancellation": await _entry_view(outbox, order.cancel_entry),
+            "notification": await _entry_view(outbox, order.notification_entry),
         },
     )
 
 
-def may_have_reached(exc: BaseException) -> bool:
-    """Whether a failed call may have reached the upstream, and acted there.
-
-    OutcomeUnknownError says so outright: a POST or PATCH was sent and got no
-    answer (with an Idempotency-Key, after seawall's retries got none either).
-    Other errors carry the call's report, which counts the attempts that went
-    out: a call refused before its first attempt (``attempts == 0``) never left.
-    """
-    if isinstance(exc, seawall.OutcomeUnknownError):
-        return True
-    report = seawall.report_of(exc)
-    return report is None or report.attempts > 0
-
-
-async def verify_then_commit(
-    order: Order,
-    *,
-    payments: seawall.ResilientClient,
-    notifications: seawall.ResilientClient,
-    orders: OrderBook,
-) -> Answer:
-    """The charge may or may not have happened: ask the provider, then commit."""
-    verdict = await check_charge(payments, order.order_id)
-    if verdict == "charged":
-        return await _paid(order, None, verified=True, notifications=notifications, orders=orders)
-    if verdict == "not_charged":
-        # Nothing happened upstream: the client may simply try again.
-        orders.forget(order.order_id)
-        return Answer(
-            503,
-            {
-                "order_id": order.order_id,
-                "status": "not_charged",
-                "detail": "the payment provider did not answer and has no such charge; retry",
-            },
-            {"Retry-After": "1"},
-        )
-    # Still unknown: park the order, never charge it twice, check again later.
-    record = orders.hold(order)
-    return Answer(202, record, {"Location": f"/orders/{order.order_id}"})
-
-
-async def check_charge(
-    payments: seawall.ResilientClient, order_id: str
-) -> Literal["charged", "not_charged", "unknown"]:
-    """Ask the provider whether the charge keyed *order_id* exists (``GET /charges/{id}``)."""
-    try:
-        response = await payments.get(f"/charges/{quote(order_id, safe='')}")
-    except (seawall.SeawallError, httpx.HTTPError, TimeoutError) as exc:
-        log.warning("charge_check_failed", order_id=order_id, error=type(exc).__name__)
-        return "unknown"
-    if response.status_code == 200:
-        return "charged"
-    if response.status_code == 404:
-        return "not_charged"
-    return "unknown"
-
-
-async def order_status(
-    order_id: str,
-    *,
-    payments: seawall.ResilientClient,
-    notifications: seawall.ResilientClient,
-    orders: OrderBook,
-) -> Answer:
-    """An order's state; a parked order is verified again first."""
-    pending = orders.pending(order_id)
-    if pending is not None:
-        answer = await verify_then_commit(
-            pending, payments=payments, notifications=notifications, orders=orders
-        )
-        if answer.status == 503:  # verified: never charged
-            return Answer(200, orders.commit(pending, "not_charged"))
-        return Answer(200, answer.body)
-    record = orders.get(order_id)
-    if record is None:
-        return Answer(404, {"detail": "no such order"})
-    return Answer(200, record)
-
-
-async def _paid(
-    order: Order,
-    charge: Any,
-    *,
-    verified: bool,
-    notifications: seawall.ResilientClient,
-    orders: OrderBook,
-) -> Answer:
-    record = orders.commit(order, "paid", verified=verified, charge=charge)
-    notified = await notify(notifications, "order_paid", order)
-    return Answer(200, {**record, "notified": notified})
-
-
-# -- notifications ------------------------------------------------------------------
-
-
-async def notify(notifications: seawall.ResilientClient, event: str, order: Order) -> bool:
-    """Best effort: True if the notification went out; a failure is logged, never raised."""
-    try:
-        response = await notifications.post(
-            "/notifications",
-            json={"event": event, "order_id": order.order_id, "email": order.email},
-        )
-    except (seawall.SeawallError, httpx.HTTPError, TimeoutError) as exc:
-        report = seawall.report_of(exc)
-        log.warning(
-            "notification_failed",
-            order_id=order.order_id,
-            error=type(exc).__name__,
-            outcome=report.outcome if report is not None else None,
-        )
-        return False
-    if response.is_error:
-        log.warning(
-            "notification_failed", order_id=order.order_id, status_code=response.status_code
-        )
-        return False
-    return True
+async def _entry_view(outbox: Outbox, entry_id: int | None) -> dict[str, Any] | None:
+    if entry_id is None:
+        return None
+    row = await outbox.get(entry_id)
+    if row is None:  # purged: it finished long ago
+        return None
+    return {
+        "entry": entry_id,
+        "state": row["state"],
+        "attempts": row["attempts"],
+        "last_status": row["last_status"],
+        "last_error": row["last_error"],
+        "needs_attention": bool(row["needs_attention"]),
+    }
 
 
 # -- catalog --------------------------------------------------------------------------

@@ -1,16 +1,23 @@
 """The same shop as ``examples/fastapi_app``, on Litestar.
 
 It shares that example's configuration (``resilience.toml``, with the same
-``PAYMENTS_URL``, ``CATALOG_URL`` and ``NOTIFICATIONS_URL`` overrides) and its
-framework-free logic (``shop.py``); only the wiring differs. Run it from the
+``PAYMENTS_URL``, ``CATALOG_URL``, ``NOTIFICATIONS_URL`` and ``DATABASE_URL``
+overrides) and its framework-free logic (``shop.py``: the orders in SQLite,
+the charges in seawall's outbox); only the wiring differs. Run it from the
 repository root::
 
     uvicorn examples.litestar_app.app:app
+
+``outbox`` below is what the ``seawall outbox`` commands take::
+
+    seawall outbox reconcile examples.litestar_app.app:outbox
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 import httpx
@@ -25,9 +32,11 @@ from litestar.params import JSONBody, PathParameter
 
 import seawall
 import seawall.asgi
+import seawall.db
 import seawall.litestar
+from seawall.outbox import Outbox
 
-__all__ = ["REQUEST_DEADLINE", "app", "create_app"]
+__all__ = ["REQUEST_DEADLINE", "app", "create_app", "outbox"]
 
 #: Every request's time budget, in seconds (see the FastAPI example).
 REQUEST_DEADLINE = 10.0
@@ -36,7 +45,7 @@ REQUEST_DEADLINE = 10.0
 # (see ``dependencies=`` in create_app). NamedDependency, JSONBody and
 # PathParameter need Litestar 2.23 or later.
 Client = NamedDependency[seawall.ResilientClient]
-Orders = NamedDependency[shop.OrderBook]
+ShopOutbox = NamedDependency[Outbox]
 
 
 class OrderIn(msgspec.Struct):
@@ -55,33 +64,22 @@ def respond(answer: shop.Answer) -> Response[Any]:
     )
 
 
-def provide_orders(state: State) -> shop.OrderBook:
-    return state.orders  # type: ignore[no-any-return]
+def provide_outbox(state: State) -> Outbox:
+    return state.outbox  # type: ignore[no-any-return]
 
 
-@post("/pay", status_code=200)
-async def pay(
-    data: JSONBody[OrderIn],
-    payments: Client,
-    notifications: Client,
-    orders: Orders,
-) -> Response[Any]:
+@post("/pay", status_code=202)
+async def pay(data: JSONBody[OrderIn], outbox: ShopOutbox) -> Response[Any]:
     order = shop.Order(data.order_id, data.amount_cents, data.currency, data.email)
-    answer = await shop.pay(order, payments=payments, notifications=notifications, orders=orders)
-    return respond(answer)
+    return respond(await shop.pay(order, outbox=outbox))
 
 
 @get("/orders/{order_id:str}")
 async def get_order(
     order_id: Annotated[str, PathParameter(pattern=shop.ORDER_ID_PATTERN)],
-    payments: Client,
-    notifications: Client,
-    orders: Orders,
+    outbox: ShopOutbox,
 ) -> Response[Any]:
-    answer = await shop.order_status(
-        order_id, payments=payments, notifications=notifications, orders=orders
-    )
-    return respond(answer)
+    return respond(await shop.order_status(order_id, outbox=outbox))
 
 
 @get("/catalog")
@@ -99,28 +97,53 @@ def create_app(
     config_path: str | os.PathLike[str] | None = None,
     *,
     registry: seawall.Registry | None = None,
+    database_url: str | None = None,
+    clock: seawall.Clock | None = None,
+    dispatch: bool = True,
 ) -> Litestar:
-    """The shop on Litestar: from *registry*, or from the TOML at *config_path*."""
+    """The shop on Litestar: from *registry*, or from the TOML at *config_path*.
+
+    *database_url*, *clock* and *dispatch* as in the FastAPI example's ``create_app``.
+    """
     if registry is None:
         registry = build_registry(load_settings(config_path))
+    engine = shop.create_engine(database_url or shop.database_url())
+    outbox = shop.build_outbox(registry, engine, clock=clock)
+
+    @asynccontextmanager
+    async def database(app: Litestar) -> AsyncIterator[None]:
+        await shop.create_schema(engine)
+        # Warn if a handler ever calls out while it holds a transaction.
+        unwatch = seawall.db.watch(engine)
+        try:
+            yield
+        finally:
+            unwatch()
+            await engine.dispose()  # the dispatcher has stopped by now
+
+    # Entered in this order, left in reverse, all inside the registry's (the
+    # plugin puts it first): the tables exist before the dispatcher starts,
+    # and it stops before the engine is disposed.
+    lifespan: list[Callable[[Litestar], AbstractAsyncContextManager[Any]]] = [database]
+    if dispatch:
+        lifespan.append(outbox.lifespan)
+
     # Read-only figures of every dependency: seawall's status app, mounted as is.
     resilience = asgi("/_resilience", is_mount=True, copy_scope=True)(
         seawall.asgi.status_app(registry)
     )
-
     app = Litestar(
         route_handlers=[pay, get_order, catalog, resilience],
         # Middleware (request deadline, seawall errors -> 503/504 problem+json),
         # exception handlers, and the registry's lifespan.
         plugins=[seawall.litestar.ResiliencePlugin(registry, deadline=REQUEST_DEADLINE)],
+        lifespan=lifespan,
         dependencies={
-            "payments": seawall.litestar.provide_client("payments"),
             "catalog": seawall.litestar.provide_client("catalog"),
-            "notifications": seawall.litestar.provide_client("notifications"),
-            "orders": Provide(provide_orders, sync_to_thread=False),
+            "outbox": Provide(provide_outbox, sync_to_thread=False),
         },
         exception_handlers={httpx.TransportError: transport_error},
-        state=State({"orders": shop.OrderBook()}),
+        state=State({"outbox": outbox}),
         # Leave the root logger alone: structlog writes the shop's logs.
         logging_config=LoggingConfig(configure_root_logger=False),
     )
@@ -129,3 +152,6 @@ def create_app(
 
 
 app = create_app()
+
+#: The app's outbox: ``seawall outbox reconcile|status|run examples.litestar_app.app:outbox``.
+outbox: Outbox = app.state.outbox

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from typing import Any
 import httpx
 
 import seawall
-from seawall.testing import FaultyUpstream
+from seawall.outbox import CycleReport, Dispatcher, Outbox
+from seawall.testing import FaultyUpstream, ManualClock, PaymentProvider
 
 # The examples live outside the package: make ``import examples...`` work
 # whatever the working directory pytest was started from.
@@ -35,12 +37,17 @@ TEST_OVERRIDES: dict[str, dict[str, Any]] = {
         # The ASGI tests make few calls each: a breaker that opens after four of
         # them would get in the way; the uvicorn test sets its own.
         "breaker": {"minimum_calls": 20},
+        # Exact backoffs between sends (on the outbox's ManualClock).
+        "outbox": {"backoff": {"initial": 1.0, "maximum": 60.0, "jitter": False}},
     },
     "catalog": {
         "timeouts": {"attempt": 0.25, "total": 0.6},
         "retry": {"backoff": NO_WAIT},
     },
-    "notifications": {"timeouts": {"connect": 0.2, "attempt": 0.2, "total": 0.2}},
+    "notifications": {
+        "timeouts": {"connect": 0.2, "attempt": 0.2, "total": 0.2},
+        "outbox": {"backoff": {"initial": 1.0, "maximum": 60.0, "jitter": False}},
+    },
 }
 
 
@@ -57,7 +64,7 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
 
 @dataclass
 class Upstreams:
-    payments: FaultyUpstream
+    payments: PaymentProvider
     catalog: FaultyUpstream
     notifications: FaultyUpstream
 
@@ -74,15 +81,26 @@ class Upstreams:
 
 @dataclass
 class Shop:
-    """A running shop app and everything a test looks at."""
+    """A running shop app and everything a test looks at.
+
+    Its outbox runs on :attr:`clock` (a ManualClock) and, unless the shop was
+    opened with ``dispatch=True``, nothing dispatches in the background: the
+    test drives :attr:`dispatcher` a cycle at a time.
+    """
 
     framework: str
     client: httpx.AsyncClient
     registry: seawall.Registry
     upstreams: Upstreams
+    outbox: Outbox
+    clock: ManualClock
+    database_url: str
+
+    def __post_init__(self) -> None:
+        self.dispatcher: Dispatcher = self.outbox.dispatcher()
 
     @property
-    def payments(self) -> FaultyUpstream:
+    def payments(self) -> PaymentProvider:
         return self.upstreams.payments
 
     @property
@@ -93,5 +111,26 @@ class Shop:
     def notifications(self) -> FaultyUpstream:
         return self.upstreams.notifications
 
+    async def dispatch(self) -> CycleReport:
+        """One dispatcher cycle: what is due now (verifications, compensations, sends)."""
+        return await self.dispatcher.run_once()
 
-OpenShop = Callable[[Mapping[str, Any]], AbstractAsyncContextManager[Shop]]
+    async def drain(self) -> CycleReport:
+        """Dispatcher cycles until nothing is due now."""
+        return await self.dispatcher.drain()
+
+    async def order(self, order_id: str) -> dict[str, Any]:
+        """``GET /orders/{order_id}``, which must answer 200."""
+        response = await self.client.get(f"/orders/{order_id}")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+OpenShop = Callable[..., AbstractAsyncContextManager[Shop]]
+
+
+def wall_clock() -> ManualClock:
+    """A ManualClock starting at the wall clock's time: the outbox's times then agree
+    with those of a ``seawall outbox`` command run in another process."""
+    return ManualClock(time.time())
