@@ -233,6 +233,11 @@ class ResponseCache:
         entry = self._entries.pop(key)
         self._bytes -= len(entry.body)
 
+    async def fetch(self, request: httpx.Request, max_age: float) -> httpx.Response | None:
+        """:meth:`lookup`, for a call that needs its fallback now. A shared tier
+        (seawall.redis) overrides it to read Redis, within its budget, on a miss."""
+        return self.lookup(request, max_age)
+
     def lookup(self, request: httpx.Request, max_age: float) -> httpx.Response | None:
         """The stored response for *request* if younger than *max_age* seconds, with ``Age``."""
         found = _key(request)

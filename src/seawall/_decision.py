@@ -26,6 +26,7 @@ __all__ = [
     "Stop",
     "current_frame",
     "is_timeout",
+    "mark_shared_local",
     "mark_unsafe",
     "resend",
     "retry",
@@ -103,12 +104,15 @@ def resend(reason: str) -> Decision:
 class Frame:
     """A call in progress, as seen by calls nested inside its attempts."""
 
-    __slots__ = ("parent", "unsafe")
+    __slots__ = ("parent", "shared_local", "unsafe")
 
     def __init__(self, parent: Frame | None) -> None:
         self.parent = parent
         #: An inner call sent a request it may not replay and got no answer.
         self.unsafe = False
+        #: Shared state (seawall.redis) was asked and did not answer within its
+        #: budget: this call went on with local state (its report says so).
+        self.shared_local = False
 
 
 _frame: ContextVar[Frame | None] = ContextVar("seawall_frame", default=None)
@@ -116,6 +120,14 @@ _frame: ContextVar[Frame | None] = ContextVar("seawall_frame", default=None)
 
 def current_frame() -> ContextVar[Frame | None]:
     return _frame
+
+
+def mark_shared_local() -> None:
+    """Tell the call in progress (not the enclosing ones) that a shared decision
+    was taken on local state: Redis was slower than the budget, or failed."""
+    frame = _frame.get()
+    if frame is not None:
+        frame.shared_local = True
 
 
 def mark_unsafe() -> None:

@@ -143,15 +143,17 @@ async def run_call(fe: FrontEnd, call: Call) -> Any:
     deadline_at = call.deadline_at = deadline_of(rt, call)
     if deadline_at is not None:
         call.deadline_remaining = deadline_at - call.start
-    if rt.limiter is not None:
-        try:
-            await rt.limiter.acquire(None if deadline_at is None else deadline_at - clock.now())
-        except RejectedError as exc:
-            return await fe.fail(call, exc, None, None)
+    # The frame is published before the rate limit: a shared limiter marks
+    # on it a decision taken without Redis (the report's ``shared``).
     frames = current_frame()
     call.frame = frame = Frame(frames.get())
     token = frames.set(frame)
     try:
+        if rt.limiter is not None:
+            try:
+                await rt.limiter.acquire(None if deadline_at is None else deadline_at - clock.now())
+            except RejectedError as exc:
+                return await fe.fail(call, exc, None, None)
         return await _loop(fe, call, rt, deadline_at)
     finally:
         frames.reset(token)

@@ -43,7 +43,7 @@ async def finish_response(
             cache.store(request, status, response.headers, body)
     elif rt.policy.fallback is not None and (status >= 500 or (retryable and status in (408, 429))):
         # A failed answer: the fallback, if any, answers instead. Other 4xx are answers.
-        fallback = fallback_response(fe, call, None, response)
+        fallback = await fallback_response(fe, call, None, response)
         if fallback is not None:
             await response.aclose()
             return fallback
@@ -85,14 +85,14 @@ async def fail_call(
             Outcome.RETRY_EXHAUSTED if call.retries and stopped == Stop.ATTEMPTS else outcome
         )
     call.stopped(stopped)
-    fallback = fallback_response(fe, call, error, None)
+    fallback = await fallback_response(fe, call, error, None)
     if fallback is not None:
         return fallback
     attach(error, fe.report(call))
     raise error
 
 
-def fallback_response(fe: TransportCore, call: HttpCall, error: Any, response: Any) -> Any:
+async def fallback_response(fe: TransportCore, call: HttpCall, error: Any, response: Any) -> Any:
     rt = fe.rt
     fallback = rt.policy.fallback
     if fallback is None:
@@ -100,7 +100,9 @@ def fallback_response(fe: TransportCore, call: HttpCall, error: Any, response: A
     request = call.request
     answer = None
     if rt.cache is not None and request.method == "GET":
-        answer = rt.cache.lookup(request, fallback.stale_if_error)  # type: ignore[arg-type]
+        # fetch, not lookup: a shared tier (seawall.redis) is read on a local
+        # miss, within its budget, so the first failure is answered too.
+        answer = await rt.cache.fetch(request, fallback.stale_if_error)  # type: ignore[arg-type]
         if answer is not None:
             answer = fe.flavor.adopt(answer, request)
             call.fallback = "cache"

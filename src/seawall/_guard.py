@@ -281,6 +281,7 @@ class Guard:
             timeouts=rt.policy.timeouts,
             retry_stopped=call.retry_stopped,
             deadline_remaining=call.deadline_remaining,
+            shared=rt.shared_mode(call.frame),
         )
 
     def _entry_report(self, outcome: str, attempts: int, start: float) -> CallReport:
@@ -292,6 +293,7 @@ class Guard:
             elapsed=rt.clock.now() - start,
             breaker_state=rt.breaker.state.value if rt.breaker else None,
             timeouts=rt.policy.timeouts,
+            shared=rt.shared_mode(None),
         )
 
     # -- async with guard: every layer but retry ------------------------------------

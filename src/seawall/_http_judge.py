@@ -124,6 +124,7 @@ def call_report(fe: TransportCore, call: HttpCall) -> CallReport:
         retry_stopped=call.retry_stopped,
         roles=() if call.roles is None else tuple(call.roles),
         winner=call.winner,
+        shared=rt.shared_mode(call.frame),
     )
 
 

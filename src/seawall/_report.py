@@ -75,6 +75,10 @@ class CallReport:
     one was wanted (``not_idempotent``, ``unreplayable_body``,
     ``budget_exhausted``, ``deadline``, ``retry_after_too_long``, or the
     rejection that refused it: ``circuit_open``, ``bulkhead_full``).
+    ``shared`` is set when the dependency shares state across replicas
+    (``Policy.shared``, seawall.redis): ``"redis"`` when the shared state
+    answered in time, ``"local"`` when the call went on with local state
+    (shared state degraded, or slower than its budget).
     """
 
     dependency: str
@@ -97,12 +101,15 @@ class CallReport:
     #: one whose answer won (None when none did).
     roles: tuple[str, ...] = ()
     winner: int | None = None
+    shared: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         timeouts = self.timeouts
         extra: dict[str, Any] = (
             {"roles": list(self.roles), "winner": self.winner} if self.roles else {}
         )
+        if self.shared is not None:
+            extra["shared"] = self.shared
         return extra | {
             "dependency": self.dependency,
             "endpoint": self.endpoint,

@@ -11,6 +11,7 @@ from ._bulkhead import BulkheadHandle
 from ._cache import ResponseCache
 from ._clock import Clock
 from ._config import ErrorMatcher, Policy
+from ._decision import Frame
 from ._latency import LatencyEstimate
 from ._ratelimit import RateLimiter
 from ._report import CallReport
@@ -118,7 +119,7 @@ class Runtime:
         )
         #: The transports serving this dependency (for pool gauges).
         self.transports: weakref.WeakSet[TransportCore] = weakref.WeakSet()
-        self._rejection_reports: dict[tuple[str, str | None], CallReport] = {}
+        self._rejection_reports: dict[tuple[str, str | None, str | None], CallReport] = {}
         #: The registry's shared-state backend (None: local state only).
         self.state = state
         if policy.shared is not None:
@@ -172,16 +173,28 @@ class Runtime:
         refuses calls by the thousand.
         """
         state = self.breaker.state.value if self.breaker is not None else None
-        report = self._rejection_reports.get((reason, state))
+        shared = self.shared_mode(None)
+        report = self._rejection_reports.get((reason, state, shared))
         if report is None:
-            report = self._rejection_reports[(reason, state)] = CallReport(
+            report = self._rejection_reports[(reason, state, shared)] = CallReport(
                 dependency=self.name,
                 outcome=reason,
                 attempts=0,
                 breaker_state=state,
                 timeouts=self.policy.timeouts,
+                shared=shared,
             )
         return report
+
+    def shared_mode(self, frame: Frame | None) -> str | None:
+        """The report's ``shared``: None without shared state; ``"local"`` when the
+        state is degraded or did not answer this call in time; else ``"redis"``."""
+        state = self.state
+        if state is None or self.policy.shared is None:
+            return None
+        if not state.connected or (frame is not None and frame.shared_local):
+            return "local"
+        return "redis"
 
     def snapshot(self) -> dict[str, Any]:
         """Plain, JSON-ready figures (the Registry's snapshot entry, sans HTTP parts).

@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
 
@@ -349,6 +350,45 @@ def _bearer_token(value: bytes) -> bytes:
     return token.strip(b" \t")
 
 
+def _breaker_action(
+    registry: Registry, name: str, breakers: dict[str, Any], action: str, scope: Scope
+) -> tuple[int, object]:
+    """Apply *action* to *name*'s breakers: here, or (``?scope=cluster``) on every replica."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    unknown = sorted(set(query) - {"scope", "ttl"})
+    if unknown:
+        return 400, {"error": f"unknown query parameter {unknown[0]!r}"}
+    where = query.get("scope", ["local"])[-1]
+    if where not in ("local", "cluster"):
+        return 400, {"error": f"scope: must be 'local' or 'cluster', got {where!r}"}
+    ttl: float | None = None
+    if "ttl" in query:
+        raw = query["ttl"][-1]
+        try:
+            ttl = float(raw)
+        except ValueError:
+            ttl = math.nan
+        if where != "cluster" or not math.isfinite(ttl) or not 0 < ttl <= 1e9:
+            return 400, {
+                "error": f"ttl: must be a positive number of seconds, with scope=cluster, "
+                f"got {raw!r}"
+            }
+    if where == "local":
+        for breaker in breakers.values():
+            getattr(breaker, action)()
+        return 200, registry.dependency_snapshot(name)
+    from ._shared._breaker import AdvisoryBreaker
+
+    if not all(isinstance(b, AdvisoryBreaker) for b in breakers.values()):
+        return 409, {
+            "error": f"dependency {name!r} does not share its breaker: scope=cluster "
+            "needs Shared(breaker='advisory') and a state backend"
+        }
+    for breaker in breakers.values():
+        getattr(breaker, action)(scope="cluster", ttl=ttl)
+    return 200, registry.dependency_snapshot(name)
+
+
 def status_app(registry: Registry, *, admin_token: str | None = None) -> ASGIApp:
     """A small ASGI app serving the registry's snapshot; mount it anywhere.
 
@@ -359,6 +399,11 @@ def status_app(registry: Registry, *, admin_token: str | None = None) -> ASGIApp
     with its snapshot entry; a missing or wrong bearer token gets 401 (checked
     first, in constant time), an unknown dependency or action 404. The scheme
     is case-insensitive (``bearer`` works); the token is compared exactly.
+
+    ``?scope=cluster`` (optionally ``&ttl=SECONDS``) applies the action on
+    every replica, through shared state: the dependency needs
+    ``Shared(breaker="advisory")`` (409 otherwise). A bad query answers 400
+    naming the parameter and its value.
     """
     if admin_token is not None and (not isinstance(admin_token, str) or not admin_token.strip()):
         # Never echo the value: it is meant to be a secret.
@@ -435,9 +480,10 @@ def status_app(registry: Registry, *, admin_token: str | None = None) -> ASGIApp
                 if name in registry:
                     breakers = registry.breakers(name)
                     if breakers:
-                        for breaker in breakers.values():
-                            getattr(breaker, _ACTIONS[parts[2]])()
-                        await respond(send, 200, registry.dependency_snapshot(name))
+                        status, payload = _breaker_action(
+                            registry, name, breakers, _ACTIONS[parts[2]], scope
+                        )
+                        await respond(send, status, payload)
                         return
             await respond(send, 404, {"error": "not found"})
             return

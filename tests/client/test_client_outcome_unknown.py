@@ -39,8 +39,10 @@ ClientFactory = Callable[..., seawall.ResilientClient]
             id="truncated-body",
         ),
         pytest.param(
-            Fault(body=b"x" * 100, body_delay=0.3),
-            seawall.Timeouts(read=1.0, attempt=0.05),
+            # The attempt timeout must outlast connecting and sending on a loaded
+            # machine (else the first attempt is cut unsent, and safely retried).
+            Fault(body=b"x" * 100, body_delay=3.0),
+            seawall.Timeouts(read=5.0, attempt=0.3),
             TimeoutError,
             id="attempt-timeout",
         ),

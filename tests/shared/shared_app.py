@@ -8,7 +8,8 @@ included) and the state's timings. Endpoints:
 * ``GET /drive?rate=R&seconds=S&path=/x``: calls at R a second for S seconds,
   made here (so the test's own process is not the bottleneck); the counts;
 * ``GET /state``: the registry's snapshot;
-* ``POST /force-open``: the breaker forced open across the cluster.
+* ``/_resilience/``: seawall's status app (admin token ``ADMIN_TOKEN``), e.g.
+  ``POST /_resilience/pay/breaker/force-open?scope=cluster``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 import seawall
+from seawall.asgi import status_app
 from seawall.redis import RedisState
+
+ADMIN_TOKEN = "shared-app-admin-token"
 
 config = json.loads(os.environ["SHARED_APP"])
 state = RedisState(
@@ -89,17 +93,13 @@ async def snapshot(request: Request) -> JSONResponse:
     return JSONResponse(registry.snapshot())
 
 
-async def force_open(request: Request) -> JSONResponse:
-    registry.breaker("pay").force_open(scope="cluster")  # type: ignore[call-arg]
-    return JSONResponse({"breaker": registry.breaker("pay").state.value})
-
-
 app = Starlette(
     routes=[
         Route("/call", call),
         Route("/drive", drive),
         Route("/state", snapshot),
-        Route("/force-open", force_open, methods=["POST"]),
+        # seawall's status app: POST /_resilience/pay/breaker/force-open?scope=cluster
+        Mount("/_resilience", status_app(registry, admin_token=ADMIN_TOKEN)),
     ],
     lifespan=registry.lifespan,
 )

@@ -26,6 +26,9 @@ from seawall.testing._upstream import Fault, FaultyUpstream
 
 pytestmark = pytest.mark.anyio
 
+#: shared_app.py's status app token.
+ADMIN_TOKEN = "shared-app-admin-token"
+
 APP = Path(__file__).with_name("shared_app.py")
 SYNC = 0.1
 LEASE = 1.0
@@ -179,20 +182,31 @@ async def test_a_quiet_replica_follows_two_open_ones_within_sync_intervals(
         assert (await snapshot(client, c))["shared"]["cause"] == "shared"
 
 
-async def test_force_open_across_the_cluster_reaches_the_other_replica(
+async def test_force_open_and_reset_across_the_cluster_reach_the_other_replica(
     start_apps: Any, upstream: FaultyUpstream
 ) -> None:
+    """Through seawall's status app on A: ``?scope=cluster``, then ``reset`` the same way."""
     a, b = start_apps(2, BREAKER)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with httpx.AsyncClient() as client:
-        response = await client.post(f"{a.url}/force-open")
-        assert response.json() == {"breaker": "forced_open"}
+        response = await client.post(
+            f"{a.url}/_resilience/pay/breaker/force-open?scope=cluster", headers=admin
+        )
+        assert response.status_code == 200
+        assert response.json()["breaker"]["state"] == "forced_open"
 
-        async def b_forced() -> bool:
-            return bool((await snapshot(client, b))["breaker"]["state"] == "forced_open")
+        async def b_is(state: str) -> bool:
+            return bool((await snapshot(client, b))["breaker"]["state"] == state)
 
-        took = await wait_for(b_forced, "b forced open")
+        took = await wait_for(lambda: b_is("forced_open"), "b forced open")
         print(f"b forced open {took:.3f} s after a (sync interval {SYNC} s)")
         assert (await snapshot(client, b))["shared"]["override"] == "forced_open"
+        response = await client.post(
+            f"{a.url}/_resilience/pay/breaker/reset?scope=cluster", headers=admin
+        )
+        assert response.status_code == 200
+        took = await wait_for(lambda: b_is("closed"), "b reset")
+        print(f"b closed {took:.3f} s after a's reset (sync interval {SYNC} s)")
 
 
 def peak_concurrency(upstream: FaultyUpstream, path: str, latency: float, since: float = 0) -> int:

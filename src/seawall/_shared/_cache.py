@@ -16,12 +16,11 @@ shared tier adds its own, stricter ones:
 
 Writes go in the background, coalesced (one per key per
 ``max(5 s, stale_if_error / 10)``) and bounded (at most 64 waiting; the
-rest are dropped and counted). Reads never hold a call up: a lookup that
-misses the local tier starts a background read of the shared one (at most
-4 at a time, and not again for a key that just missed), which fills the
-local tier, so the *next* failed call for that request is answered; a front
-end that can wait may call :meth:`SharedResponseCache.fetch` (bounded by
-``budget``) to be answered on the first.
+rest are dropped and counted). Reads happen only when a fallback is
+needed and the local tier missed (:meth:`SharedResponseCache.fetch`, called
+by the fallback): the failed call waits at most ``budget`` for Redis (at
+most 4 reads at a time, and none for a key that missed a moment ago); a read
+later than that still fills the local tier, for the next failure.
 """
 
 from __future__ import annotations
@@ -207,26 +206,17 @@ class SharedResponseCache(ResponseCache):
 
     # -- reading -----------------------------------------------------------------------
 
-    def lookup(self, request: httpx.Request, max_age: float) -> httpx.Response | None:
-        """The local tier; on a miss, a background read of the shared one (for next time)."""
-        found = super().lookup(request, max_age)
-        if found is None and self._backend.connected and self._reads < MAX_READS:
-            key = self.shared_key(request)
-            if key is not None and not self._missed_lately(key):
-                self._reads += 1
-                task = self._backend.spawn(self._read(key, request))
-                task.add_done_callback(self._read_done)
-        return found
-
     async def fetch(self, request: httpx.Request, max_age: float) -> httpx.Response | None:
         """The local tier, else the shared one, waiting at most ``budget`` for Redis."""
         found = super().lookup(request, max_age)
         if found is not None or not self._backend.connected:
             return found
         key = self.shared_key(request)
-        if key is None:
-            return None
+        if key is None or self._missed_lately(key) or self._reads >= MAX_READS:
+            return None  # Redis had nothing a moment ago, or enough reads are out
+        self._reads += 1
         task = self._backend.spawn(self._read(key, request))
+        task.add_done_callback(self._read_done)
         got = await self._backend.within_budget(task, "cache", self._dependency)
         return super().lookup(request, max_age) if got else None
 

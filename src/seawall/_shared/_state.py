@@ -38,9 +38,10 @@ import sniffio
 from .._breaker import CLOSED, Breaker, BreakerState, Transition
 from .._clock import MONOTONIC, Clock
 from .._config import CircuitBreaker
+from .._decision import mark_shared_local
 from .._exceptions import RejectedError
 from . import _telemetry
-from ._lua import GCRA, LEAVE, SLOTS, SYNC, Script
+from ._lua import AGGREGATE, ENTRY, GCRA, LEAVE, OVERRIDES, SLOTS, SUMMARY, SYNC, Script
 
 if TYPE_CHECKING:
     from .._registry import Registry
@@ -136,7 +137,7 @@ class SharedState:
         self._dirty: set[str] = set()
         self._sending: list[str] = []
         # The generation of each aggregate as last seen.
-        self._generations: dict[str, str] = {}
+        self._generations: dict[str, float] = {}
         self._last_full = -math.inf
         self._last_sync: float | None = None
         self._task: asyncio.Task[None] | None = None
@@ -337,11 +338,13 @@ class SharedState:
             waited = time.perf_counter() - started
             if not done:
                 self.local_decision(feature)
+                mark_shared_local()
                 _telemetry.wait_event(feature, dependency, "budget", waited)
                 return None
             _telemetry.wait_event(feature, dependency, "answered", waited)
         if fut.cancelled() or fut.exception() is not None:
             self.local_decision(feature)
+            mark_shared_local()
             return None
         return fut.result()
 
@@ -443,20 +446,21 @@ class SharedState:
         summaries: dict[str, list[int]],
         asks: dict[str, tuple[str, int]],
         full: bool,
-    ) -> list[str | int | float]:
+    ) -> list[str | int | float | bytes]:
         """The sync script's arguments: every changed dependency (all when *full*)."""
         acked, dirty = self._acked, self._dirty
-        changed: list[str | int | float] = []
+        changed: list[str | int | float | bytes] = []
         self._sending = sending = []
         for name, summary in summaries.items():
             ask = asks.get(name)
             if full or ask or name in dirty or acked.get(name) != _key(summary):
                 sending.append(name)
-                changed += [name, *summary, *(ask or ("", 0))]
+                mode, ttl = (OVERRIDES[ask[0]], ask[1]) if ask else (0, 0)
+                changed += [name, SUMMARY.pack(*summary, mode, ttl)]
         gone = [name for name in acked if name not in summaries]
         return [
             *self._head(),
-            secrets.token_hex(6),
+            secrets.randbelow(2**40 - 1) + 1,
             self._epoch,
             "1" if full else "0",
             len(sending),
@@ -587,21 +591,24 @@ def _key(summary: list[int]) -> tuple[int, ...]:
     return (summary[0], summary[1], summary[2], summary[4], summary[5])
 
 
-def _parse_entry(raw: Any) -> tuple[int, int, int, int, int, str] | None:
+def _parse_entry(raw: Any) -> tuple[int, int, int, int, int, float] | None:
     """A record entry: (tripped, evidence, granted, released, demand, generation)."""
-    if raw is None:
+    if raw is None or len(raw) != ENTRY.size:
         return None
-    t, e, gt, rt, dm, ag = _text(raw).split(" ")
-    return int(float(t)), int(float(e)), int(float(gt)), int(float(rt)), int(float(dm)), ag
+    t, e, gt, rt, dm, ag = ENTRY.unpack(raw)
+    return t, e, int(gt), int(rt), dm, ag
 
 
-def _view(raw: Any, now: float, cap: int) -> tuple[DependencyView, str] | None:
+#: Override modes by the code the scripts store.
+_MODES = {code: mode for mode, code in OVERRIDES.items()}
+
+
+def _view(raw: Any, now: float, cap: int) -> tuple[DependencyView, float] | None:
     """An aggregate as a view, and its generation."""
-    if raw is None:
+    if raw is None or len(raw) != AGGREGATE.size:
         return None
-    ag, live, trip, evid, slots, dem, pu, ovm, ovi, ovu = _text(raw).split(" ")
-    n_slots, n_dem, until = int(float(slots)), int(float(dem)), float(ovu)
-    override: str | None = ovm if ovm != "-" else None
+    ag, live, trip, evid, slots, dem, pu, ovm, ovi, until = AGGREGATE.unpack(raw)
+    override = _MODES.get(ovm)
     left = None
     if override is not None and until > 0:
         if until <= now:
@@ -609,13 +616,13 @@ def _view(raw: Any, now: float, cap: int) -> tuple[DependencyView, str] | None:
         else:
             left = (until - now) / 1000
     view = DependencyView(
-        live=max(1, int(float(live))),
-        tripped=int(float(trip)),
-        evidence=int(float(evid)),
-        slots=n_slots,
-        pressure=float(pu) > now or (cap > 0 and n_dem > 0 and n_slots >= cap),
+        live=max(1, live),
+        tripped=trip,
+        evidence=evid,
+        slots=slots,
+        pressure=pu > now or (cap > 0 and dem > 0 and slots >= cap),
         override=override,
-        override_id=int(float(ovi)) if override is not None else 0,
+        override_id=ovi if override is not None else 0,
         override_left=left,
     )
     return view, ag

@@ -614,6 +614,8 @@ def _span_attributes(report: CallReport) -> dict[str, Any]:
         attrs["seawall.breaker.state"] = report.breaker_state
     if report.fallback is not None:
         attrs["seawall.fallback"] = report.fallback
+    if report.shared is not None:
+        attrs["seawall.shared"] = report.shared
     if report.deadline_remaining is not None:
         attrs["seawall.deadline.remaining"] = report.deadline_remaining
     if report.status_code is not None:
