@@ -2,10 +2,11 @@
 
     python -m examples.fastapi_app.upstreams
 
-starts a payments provider, a catalog and a notifications service on
-127.0.0.1:8101, 8102 and 8103 (the URLs in resilience.toml), each a
-``seawall.testing.FaultyUpstream``, then reads commands such as
-``payments hang`` or ``catalog 500`` (``help`` lists them).
+starts a payments provider with a ledger of its own
+(``seawall.testing.PaymentProvider``), a catalog and a notifications service
+(``seawall.testing.FaultyUpstream``) on 127.0.0.1:8101, 8102 and 8103 (the
+URLs in resilience.toml), then reads commands such as ``payments hang``,
+``checks 404`` or ``ledger`` (``help`` lists them).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import json
 import sys
 from contextlib import ExitStack
 
-from seawall.testing import Fault, FaultyUpstream
+from seawall.testing import Fault, FaultyUpstream, PaymentProvider
 
 PORTS = {"payments": 8101, "catalog": 8102, "notifications": 8103}
 
-#: The path each command acts on.
-PATHS = {"payments": "/charges", "catalog": "/items", "notifications": "/notifications"}
+#: The path each command acts on, for the services that are plain FaultyUpstreams.
+PATHS = {"catalog": "/items", "notifications": "/notifications"}
 
 ITEMS = [
     {"sku": "tea", "name": "Green tea", "price_cents": 450},
@@ -31,18 +32,29 @@ FAULTS = {
     "hang": Fault.hang(),
     "slow": Fault.latency(3.0),
     "reset": Fault.reset_connection(),
-    "500": Fault.error(500),
     "503": Fault.error(503, retry_after=2),
 }
 
 HELP = """\
 commands:
-  <service> <fault>   service: payments, catalog, notifications, checks
-                      fault:   ok, hang, slow (3 s), reset, 500, 503, 404
-                      ("payments" is POST /charges; "checks" is the status
-                      check GET /charges/{id}: ok means charged, 404 not)
+  <service> <fault>   service: payments (POST /charges), checks (the status
+                      check GET /charges/{id}), cancels (POST
+                      /charges/{id}/cancel), catalog, notifications
+                      fault: ok, hang, slow (3 s), reset, or a status such
+                      as 500, 503, 404, 402 (declined)
+                      (hang, slow and reset still charge or cancel: only the
+                      answer is lost; an error status changes nothing)
+  ledger              the provider's charges
   requests            what each service received
   help, quit"""
+
+
+def fault_named(name: str) -> Fault | None:
+    if name in FAULTS:
+        return FAULTS[name]
+    if name.isdigit() and 400 <= int(name) <= 599:
+        return Fault.error(int(name))
+    return None
 
 
 def healthy(service: str) -> Fault:
@@ -51,33 +63,49 @@ def healthy(service: str) -> Fault:
     return Fault.ok()
 
 
-def apply(servers: dict[str, FaultyUpstream], service: str, name: str) -> str:
-    if name == "404":
-        fault = Fault.error(404)
-    elif name == "ok":
-        fault = healthy(service)
-    elif name in FAULTS:
-        fault = FAULTS[name]
-    else:
+def apply(
+    provider: PaymentProvider, servers: dict[str, FaultyUpstream], service: str, name: str
+) -> str:
+    fault = healthy(service) if name == "ok" else fault_named(name)
+    if fault is None:
         return f"unknown fault {name!r}"
-    if service == "checks":
-        servers["payments"].set_default(fault)  # every path but /charges
-        return f"status checks: {name}"
-    if service not in servers:
+    if service == "payments":
+        provider.fault(fault)
+    elif service == "checks":
+        provider.check_fault(fault)
+    elif service == "cancels":
+        provider.cancel_fault(fault)
+    elif service in PATHS:
+        servers[service].route(PATHS[service], fault)
+    else:
         return f"unknown service {service!r}"
-    servers[service].route(PATHS[service], fault)
     return f"{service}: {name}"
+
+
+def ledger(provider: PaymentProvider) -> str:
+    charges = provider.charges()
+    if not charges:
+        return "no charges"
+    return "\n".join(
+        f"{c.id}  {c.order_id:<12} {c.amount:>8}  key={c.idempotency_key}"
+        + ("  cancelled" if c.cancelled else "")
+        for c in charges
+    )
 
 
 def main() -> None:
     with ExitStack() as stack:
-        servers = {}
-        for service, port in PORTS.items():
-            try:
-                servers[service] = stack.enter_context(FaultyUpstream(port=port))
-            except OSError as exc:
-                sys.exit(f"{service}: {exc}")
-            servers[service].route(PATHS[service], healthy(service))
+        try:
+            provider = stack.enter_context(PaymentProvider(port=PORTS["payments"]))
+            servers = {
+                service: stack.enter_context(FaultyUpstream(port=PORTS[service]))
+                for service in PATHS
+            }
+        except OSError as exc:
+            sys.exit(f"cannot listen: {exc}")
+        for service, server in servers.items():
+            server.route(PATHS[service], healthy(service))
+        print(f"PAYMENTS_URL={provider.url}")
         for service, server in servers.items():
             print(f"{service.upper()}_URL={server.url}")
         print(HELP)
@@ -87,11 +115,14 @@ def main() -> None:
                 continue
             if words[0] in ("quit", "exit"):
                 break
-            if words[0] == "requests":
+            if words[0] == "ledger":
+                print(ledger(provider))
+            elif words[0] == "requests":
+                print(f"payments: {provider.count()} requests")
                 for service, server in servers.items():
                     print(f"{service}: {server.count()} requests")
             elif len(words) == 2:
-                print(apply(servers, words[0], words[1]))
+                print(apply(provider, servers, words[0], words[1]))
             else:
                 print(HELP)
 

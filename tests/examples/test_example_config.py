@@ -35,6 +35,15 @@ def test_shipped_config_is_valid_and_protects_each_dependency() -> None:
     # Inherited from [defaults], key by key.
     assert notifications.timeouts.read == 5.0
 
+    # The outbox: charges are resent with their key; notifications never (at most once).
+    charges = config.dependencies["payments"].outbox
+    assert charges is not None
+    assert charges.honours_idempotency_key is True
+    assert charges.send_deadline > payments.timeouts.total
+    mails = config.dependencies["notifications"].outbox
+    assert mails is not None
+    assert mails.honours_idempotency_key is False
+
 
 def test_environment_overrides_base_urls() -> None:
     environ = {"PAYMENTS_URL": "https://pay.example", "CATALOG_URL": ""}
@@ -101,17 +110,39 @@ def test_telemetry_hook_sets_up_an_otlp_tracer_provider(monkeypatch: pytest.Monk
 def test_play_upstreams_break_on_command(upstreams: Upstreams) -> None:
     from examples.fastapi_app import upstreams as play
 
-    servers = {
-        "payments": upstreams.payments,
-        "catalog": upstreams.catalog,
-        "notifications": upstreams.notifications,
-    }
+    provider = upstreams.payments
+    servers = {"catalog": upstreams.catalog, "notifications": upstreams.notifications}
+    charge = {"order_id": "o-1", "amount": 100}
 
-    assert play.apply(servers, "catalog", "ok") == "catalog: ok"
+    assert play.apply(provider, servers, "catalog", "ok") == "catalog: ok"
     assert httpx.get(f"{upstreams.catalog.url}/items").json() == play.ITEMS
-    assert play.apply(servers, "catalog", "500") == "catalog: 500"
+    assert play.apply(provider, servers, "catalog", "500") == "catalog: 500"
     assert httpx.get(f"{upstreams.catalog.url}/items").status_code == 500
-    assert play.apply(servers, "checks", "404") == "status checks: 404"
-    assert httpx.get(f"{upstreams.payments.url}/charges/o-1").status_code == 404
-    assert play.apply(servers, "payments", "teapot") == "unknown fault 'teapot'"
-    assert play.apply(servers, "search", "500") == "unknown service 'search'"
+
+    assert play.apply(provider, servers, "payments", "402") == "payments: 402"
+    assert httpx.post(f"{provider.url}/charges", json=charge).status_code == 402
+    assert play.ledger(provider) == "no charges"  # declined: nothing charged
+    assert play.apply(provider, servers, "payments", "ok") == "payments: ok"
+    headers = {"Idempotency-Key": "o-1"}
+    assert httpx.post(f"{provider.url}/charges", json=charge, headers=headers).status_code == 201
+    assert play.ledger(provider) == "ch_000001  o-1               100  key=o-1"
+
+    assert play.apply(provider, servers, "checks", "404") == "checks: 404"
+    assert httpx.get(f"{provider.url}/charges/o-1").status_code == 404  # charged, yet 404
+    assert play.apply(provider, servers, "cancels", "503") == "cancels: 503"
+    assert httpx.post(f"{provider.url}/charges/o-1/cancel").status_code == 503
+    assert play.apply(provider, servers, "cancels", "ok") == "cancels: ok"
+    assert httpx.post(f"{provider.url}/charges/o-1/cancel").status_code == 200
+    assert play.ledger(provider).endswith("  cancelled")
+
+    assert play.apply(provider, servers, "payments", "teapot") == "unknown fault 'teapot'"
+    assert play.apply(provider, servers, "search", "500") == "unknown service 'search'"
+
+
+def test_the_database_is_shop_db_unless_database_url_says_otherwise() -> None:
+    from examples.fastapi_app import shop
+
+    assert shop.database_url({}) == "sqlite+aiosqlite:///shop.db"
+    assert shop.database_url({"DATABASE_URL": ""}) == "sqlite+aiosqlite:///shop.db"
+    elsewhere = "postgresql+asyncpg://shop@db/shop"
+    assert shop.database_url({"DATABASE_URL": elsewhere}) == elsewhere
