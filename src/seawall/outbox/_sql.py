@@ -115,6 +115,8 @@ class Statements:
         )
         self._returning = [t.c[name] for name in CLAIM_COLUMNS]
         self._result_sql: dict[int, sa.TextClause] = {}
+        #: claim_sends' statements, by the dependencies with a lease of their own
+        self._claim_sends: dict[tuple[str, ...], Any] = {}
         # Built once: an alias makes a proxy of every column, which costs more
         # than the rest of a claim statement.
         self._alias_c = t.alias("c")
@@ -131,7 +133,7 @@ class Statements:
         self,
         due: Callable[[Any], sa.ColumnElement[bool]],
         order: Callable[[Any], Any],
-        limit: int,
+        limit: int | sa.BindParameter[int],
         values: Mapping[str, Any],
     ) -> Any:
         """``UPDATE t SET values WHERE id IN (SELECT id FROM t AS c WHERE due(c) ...)``."""
@@ -155,14 +157,35 @@ class Statements:
         leases: Mapping[str, float],
         default_lease: float,
         allowed: Sequence[str],
-    ) -> Any:
+    ) -> tuple[Any, dict[str, Any]]:
         """Pending entries due now, and expired leases that are safe to resend.
 
         An entry whose ordering key has an earlier entry still pending,
-        dispatching or unknown waits for it.
+        dispatching or unknown waits for it. Returns the statement and its
+        parameters: the statement is built once per set of dependencies with
+        a lease of their own (every value is a bound parameter), so SQLAlchemy
+        neither rebuilds it nor computes its cache key again for each claim.
         """
+        special = sorted(dep for dep, lease in leases.items() if lease != default_lease)
+        shape = tuple(special)
+        stmt = self._claim_sends.get(shape)
+        if stmt is None:
+            stmt = self._claim_sends[shape] = self._claim_sends_stmt(shape)
+        params: dict[str, Any] = {
+            "now": now,
+            "claim_limit": limit,
+            "owner": owner,
+            "lease_until": now + default_lease,
+            "allowed": list(allowed),
+        }
+        for i, dep in enumerate(special):
+            params[f"lease_until_{i}"] = now + leases[dep]
+        return stmt, params
+
+    def _claim_sends_stmt(self, special: tuple[str, ...]) -> Any:
         t = self.table
         e = self._alias_e
+        now = sa.bindparam("now", type_=sa.Double())
 
         def due(c: Any) -> sa.ColumnElement[bool]:
             earlier = (
@@ -176,28 +199,34 @@ class Statements:
             )
             return sa.and_(
                 sa.or_(
-                    sa.and_(c.c.state == State.PENDING, c.c.next_attempt_at <= now),
+                    sa.and_(c.c.state == str(State.PENDING), c.c.next_attempt_at <= now),
                     sa.and_(
-                        c.c.state == State.DISPATCHING,
+                        c.c.state == str(State.DISPATCHING),
                         c.c.lease_until < now,
                         c.c.resend_safe == sa.true(),
                     ),
                 ),
-                c.c.dependency.in_(list(allowed)),
+                c.c.dependency.in_(sa.bindparam("allowed", expanding=True)),
                 sa.or_(c.c.ordering_key.is_(None), ~earlier),
             )
 
-        lease_until: Any = now + default_lease
-        special = {dep: now + lease for dep, lease in leases.items() if lease != default_lease}
+        lease_until: Any = sa.bindparam("lease_until", type_=sa.Double())
         if special:
-            lease_until = sa.case(special, value=t.c.dependency, else_=now + default_lease)
+            lease_until = sa.case(
+                {
+                    dep: sa.bindparam(f"lease_until_{i}", type_=sa.Double())
+                    for i, dep in enumerate(special)
+                },
+                value=t.c.dependency,
+                else_=lease_until,
+            )
         return self._claim(
             due,
             lambda c: c.c.next_attempt_at,
-            limit,
+            sa.bindparam("claim_limit", type_=sa.Integer()),
             {
-                "state": State.DISPATCHING,
-                "lease_owner": owner,
+                "state": str(State.DISPATCHING),
+                "lease_owner": sa.bindparam("owner", type_=sa.String()),
                 "lease_token": t.c.lease_token + 1,
                 "lease_until": lease_until,
                 "attempts": t.c.attempts + 1,

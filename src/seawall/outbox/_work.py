@@ -135,12 +135,14 @@ class Worker:
 
     # -- claims -----------------------------------------------------------------------
 
-    async def claim(self, stmt: Any, now: float | None = None) -> list[Claim]:
+    async def claim(
+        self, stmt: Any, now: float | None = None, params: dict[str, Any] | None = None
+    ) -> list[Claim]:
         """Run one claim statement (alone: autocommit, one round trip)."""
 
         async def run() -> Any:
             async with self.outbox._autocommit.connect() as conn:
-                return (await conn.execute(stmt)).mappings().all()
+                return (await conn.execute(stmt, params)).mappings().all()
 
         rows = await shielded(run)
         settings = self.outbox.settings
@@ -187,17 +189,15 @@ class Worker:
         leases = {name: outbox.settings(name).lease for name in allowed}
         default = outbox.settings(None).lease
         now = self.clock.now()
-        return await self.claim(
-            self.stmts.claim_sends(
-                now=now,
-                limit=limit,
-                owner=self.owner,
-                leases=leases,
-                default_lease=default,
-                allowed=allowed,
-            ),
-            now,
+        stmt, params = self.stmts.claim_sends(
+            now=now,
+            limit=limit,
+            owner=self.owner,
+            leases=leases,
+            default_lease=default,
+            allowed=allowed,
         )
+        return await self.claim(stmt, now, params)
 
     async def claim_verifications(self, limit: int) -> list[Claim]:
         allowed = self.allowed()
