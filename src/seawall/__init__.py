@@ -33,6 +33,7 @@ from ._config import (
 from ._deadline import deadline, deadline_remaining
 from ._exceptions import (
     BulkheadFullError,
+    CallInTransactionError,
     CircuitOpenError,
     ConfigError,
     DeadlineExceededError,
@@ -40,6 +41,7 @@ from ._exceptions import (
     RateLimitedError,
     RejectedError,
     SeawallError,
+    SeawallWarning,
 )
 from ._guard import Guard, guard
 from ._registry import Registry
@@ -57,6 +59,7 @@ __all__ = [
     "BulkheadFullError",
     "BulkheadHandle",
     "BulkheadStatistics",
+    "CallInTransactionError",
     "CallReport",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -84,6 +87,7 @@ __all__ = [
     "RetryBudget",
     "RetryReason",
     "SeawallError",
+    "SeawallWarning",
     "Shared",
     "SharedRateLimit",
     "Timeouts",

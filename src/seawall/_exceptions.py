@@ -10,7 +10,10 @@ The whole hierarchy::
         │   ├── BulkheadFullError     .limit .detail reason "bulkhead_full"
         │   └── RateLimitedError      .retry_after   reason "rate_limited"
         ├── DeadlineExceededError (TimeoutError)     reason "deadline_exceeded"
-        └── OutcomeUnknownError       .request       reason "outcome_unknown"
+        ├── OutcomeUnknownError       .request       reason "outcome_unknown"
+        └── CallInTransactionError (RuntimeError)    reason "call_in_transaction"
+    UserWarning
+    └── SeawallWarning                how seawall is used (a call in a transaction)
 
 Rejections are raised fresh for every call (never one stored instance re-raised,
 whose traceback would grow on every raise), and carry no traceback of their own
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BulkheadFullError",
+    "CallInTransactionError",
     "CircuitOpenError",
     "ConfigError",
     "DeadlineExceededError",
@@ -34,6 +38,7 @@ __all__ = [
     "RateLimitedError",
     "RejectedError",
     "SeawallError",
+    "SeawallWarning",
 ]
 
 
@@ -157,3 +162,14 @@ class OutcomeUnknownError(SeawallError):
     ) -> None:
         super().__init__(message, dependency=dependency, report=report)
         self.request = request
+
+
+class CallInTransactionError(SeawallError, RuntimeError):
+    """A call went out while the calling task held a database transaction
+    (``seawall.db.watch(engine, action="error")``)."""
+
+    reason = "call_in_transaction"
+
+
+class SeawallWarning(UserWarning):
+    """A warning from seawall about how it is used."""

@@ -32,22 +32,12 @@ from typing import Any, Literal
 import structlog
 
 from . import _engine
-from ._exceptions import SeawallError
+from ._exceptions import CallInTransactionError, SeawallWarning
 
 __all__ = ["CallInTransactionError", "SeawallWarning", "allow_calls_in_transaction", "watch"]
 
 _logger = structlog.get_logger("seawall")
 
-
-class SeawallWarning(UserWarning):
-    """A warning from seawall about how it is used."""
-
-
-class CallInTransactionError(SeawallError, RuntimeError):
-    """A call went out while the calling task held a database transaction
-    (``seawall.db.watch(engine, action="error")``)."""
-
-    reason = "call_in_transaction"
 
 
 Action = Literal["warn", "error"]

@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import assert_type
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 import seawall
+import seawall.db
+from seawall.outbox import Entry, Failure, Outbox, Verdict
+from seawall.redis import RedisState
 from seawall.testing import ManualClock, assert_report, disable_waits, force_open
 
 policy = seawall.Policy(
@@ -63,3 +67,57 @@ async def use() -> None:
     transport = seawall.ResilientTransport("sdk", policy)
     async with httpx.AsyncClient(transport=transport) as sdk_client:
         await sdk_client.get("https://api.example/")
+
+
+# -- wave 2: hedging, adaptive limits, the outbox, shared state ------------------------
+
+hedged = seawall.Policy(
+    hedge=seawall.Hedge(delay=0.05, max_hedges=1, delay_from="p95"),
+    bulkhead=seawall.Bulkhead(
+        max_concurrent=100, adaptive=seawall.AdaptiveLimit(min_limit=10, tolerance=2.0)
+    ),
+    shared=seawall.Shared(
+        breaker="advisory",
+        bulkhead=seawall.GlobalBulkhead(max_concurrent=40),
+        rate_limit=seawall.SharedRateLimit(),
+        fallback=True,
+    ),
+)
+
+
+async def wave_two() -> None:
+    state = RedisState(url_env="REDIS_URL", namespace="shop", budget=0.01)
+    registry = seawall.Registry(state=state)
+    registry.add("payments", base_url="https://pay.example", policy=hedged)
+    engine = create_async_engine("sqlite+aiosqlite:///shop.db")
+    seawall.db.watch(engine, action="error")
+    outbox = Outbox(registry, engine)
+    outbox.route("payments", honours_idempotency_key=True, max_attempts=10)
+
+    @outbox.verifier("payments")
+    async def verify(entry: Entry, client: seawall.ResilientClient) -> Verdict:
+        response = await client.get(f"/charges/{entry.idempotency_key}")
+        if response.status_code == 404:
+            return Verdict.not_applied()
+        return Verdict.succeeded(response)
+
+    @outbox.compensator("payments")
+    async def compensate(entry: Entry, failure: Failure, session: AsyncSession) -> None:
+        await outbox.enqueue(session, "payments", "POST", f"/refunds/{entry.id}")
+
+    async with registry, outbox.dispatcher(concurrency=8):
+        async with AsyncSession(engine) as session, session.begin():
+            ref = await outbox.enqueue(
+                session, "payments", "POST", "/charges", json={"amount": 42}, idempotency_key="o-1"
+            )
+            assert_type(ref.created, bool)
+        with seawall.db.allow_calls_in_transaction():
+            pass
+    try:
+        await registry.client("payments").get("/")
+    except seawall.CallInTransactionError as exc:
+        assert_type(exc.reason, str)
+    report = seawall.report_of(ValueError())
+    if report is not None:
+        assert_type(report.shared, str | None)
+        assert_type(report.roles, tuple[str, ...])
