@@ -1,0 +1,364 @@
+"""seawall._demo.replicas: the embedded Redis, the replicas' shared registry, the round
+robin, and the meter that reads the provider's concurrency from outside.
+
+Tests that need a redis-server start one of their own (a free loopback port, a
+temp dir); without one they skip, except under ``CI=true``, where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+import seawall
+from seawall._demo import replicas
+from seawall._demo.replicas import (
+    GLOBAL_CAP,
+    EmbeddedRedis,
+    Opening,
+    Record,
+    ReplicasError,
+    RoundRobin,
+    followed,
+    peak_concurrency,
+    records_of,
+    redis_for,
+    shared_registry,
+)
+from seawall.testing import Fault, FaultyUpstream
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """redis.asyncio is asyncio-only."""
+    return "asyncio"
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The embedded redis-server the demo would start."""
+    if replicas.find_redis_server() is None:
+        message = "redis-server is not installed; .ci/run installs it"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    url, server = redis_for(None)
+    assert server is not None
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+# -- the figures ------------------------------------------------------------------------------
+
+
+def rec(replica: int, start: float, end: float | None, status: str = "200") -> Record:
+    return Record(replica, start, end, status)
+
+
+@pytest.mark.parametrize(
+    ("records", "peak"),
+    [
+        pytest.param([], 0, id="none"),
+        pytest.param([rec(0, 0, 1), rec(1, 2, 3)], 1, id="apart"),
+        pytest.param([rec(0, 0, 2), rec(1, 1, 3), rec(0, 1.5, 4)], 3, id="overlapping"),
+        pytest.param([rec(0, 0, 1), rec(1, 1, 2)], 1, id="one-ends-as-the-next-starts"),
+        pytest.param([rec(0, 0, None), rec(1, 5, 6)], 2, id="still-in-flight"),
+    ],
+)
+def test_peak_concurrency(records: list[Record], peak: int) -> None:
+    assert peak_concurrency(records) == peak
+
+
+def test_peak_concurrency_within_a_window() -> None:
+    records = [rec(0, 0, 1), rec(1, 0.5, 1), rec(0, 5, 7), rec(1, 6, 8)]
+    assert peak_concurrency(records, since=2) == 2
+    assert peak_concurrency(records, until=2) == 2
+    assert peak_concurrency(records, since=1.5, until=4) == 0
+
+
+def test_the_second_replica_to_open_and_the_calls_it_spent() -> None:
+    # The provider fails from t=10; replica 1 (index 0) opens at 11 on its own
+    # calls, replica 2 follows at 11.2 having sent 3 calls since 10, 1 after 11.
+    sent = [rec(1, t, t + 0.01) for t in (5.0, 10.1, 10.5, 11.1, 12.0)]
+    openings = [Opening(0, 2.0, "local"), Opening(0, 11.0, "local"), Opening(1, 11.2, "shared")]
+    assert followed(openings, sent, since=10) == {
+        "first": {"replica": 1, "cause": "local"},
+        "second": {
+            "replica": 2,
+            "cause": "shared",
+            "opened_after_first_s": 0.2,
+            "calls_before_open": 3,
+            "calls_after_first_opened": 1,
+        },
+    }
+    # One replica open only: nobody followed anybody.
+    assert followed(openings[:2], sent, since=10) is None
+
+
+def test_round_robin_takes_each_replica_in_turn() -> None:
+    spread = RoundRobin(["http://a", "http://b"])
+    assert [spread() for _ in range(5)] == [
+        "http://a",
+        "http://b",
+        "http://a",
+        "http://b",
+        "http://a",
+    ]
+    with pytest.raises(ValueError, match="at least one"):
+        RoundRobin([])
+
+
+# -- Redis ------------------------------------------------------------------------------------
+
+
+def test_without_a_url_or_a_redis_server_the_error_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(replicas, "find_redis_server", lambda: None)
+    with pytest.raises(ReplicasError, match=r"pass --redis redis://HOST:6379/0, or install"):
+        redis_for(None)
+
+
+def test_a_url_where_no_redis_answers_is_an_error() -> None:
+    port = FaultyUpstream.refused_port()
+    with pytest.raises(ReplicasError, match=f"no Redis answers at 127.0.0.1:{port}"):
+        redis_for(f"redis://127.0.0.1:{port}/0")
+    with pytest.raises(ReplicasError, match="must be a redis:// URL"):
+        redis_for("http://127.0.0.1:6379")
+
+
+def test_the_embedded_server_answers_and_a_given_url_is_used_as_is(redis_url: str) -> None:
+    assert redis_url.startswith("redis://127.0.0.1:")
+    assert redis_for(redis_url) == (redis_url, None)
+
+
+def test_the_embedded_server_writes_nothing_and_goes_away() -> None:
+    binary = replicas.find_redis_server()
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    server = EmbeddedRedis(binary).start()
+    workdir = server.workdir.name
+    proc = server.proc
+    assert proc is not None
+    args = proc.args
+    assert isinstance(args, list)
+    assert args[args.index("--save") + 1] == ""
+    assert args[args.index("--appendonly") + 1] == "no"
+    server.stop()
+    assert proc.poll() is not None
+    assert not os.path.exists(workdir)
+
+
+# -- the replicas' registry, through the meter ------------------------------------------------
+
+
+def local_registry(upstream: str) -> seawall.Registry:
+    """A registry like the demo shop's: payments with a breaker, a local bulkhead, no retry."""
+    registry = seawall.Registry()
+    registry.add(
+        "payments",
+        base_url=upstream,
+        policy=seawall.Policy(
+            timeouts=seawall.Timeouts(attempt=5.0, total=5.0),
+            retry=None,
+            bulkhead=seawall.Bulkhead(max_concurrent=100),
+            breaker=seawall.CircuitBreaker(minimum_calls=10, window_size=20, open_duration=30),
+        ),
+    )
+    registry.add("catalog", base_url=upstream, headers={"x-shop": "demo"})
+    return registry
+
+
+def test_the_shared_registry_keeps_every_local_setting_and_adds_the_shared_part() -> None:
+    from seawall.redis import RedisState
+
+    local = local_registry("http://127.0.0.1:1")
+    state = RedisState(url="redis://127.0.0.1:1/0")
+    fleet = shared_registry(local, state)
+    assert fleet.state is state
+    assert fleet.names == local.names
+    payments = fleet.spec("payments")
+    assert payments.policy.shared == replicas.SHARED["payments"]
+    assert payments.policy.shared.bulkhead == seawall.GlobalBulkhead(max_concurrent=GLOBAL_CAP)
+    assert payments.policy.bulkhead == local.spec("payments").policy.bulkhead
+    assert payments.base_url == "http://127.0.0.1:1"
+    catalog = fleet.spec("catalog")
+    assert catalog.policy.shared is None
+    assert dict(catalog.httpx_options) == {"headers": {"x-shop": "demo"}}
+
+
+class MeterProcess:
+    """``python -m seawall._demo.replicas meter UPSTREAM N`` in a child process."""
+
+    def __init__(self, upstream: str, n: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "seawall._demo.replicas", "meter", upstream, str(n)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        words = self.proc.stdout.readline().split()
+        assert words[0] == "READY", words
+        self.urls = [f"http://127.0.0.1:{port}" for port in words[1:]]
+
+    def stats(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.close()
+        self.proc.wait(10)
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def meter(upstream: FaultyUpstream) -> Iterator[MeterProcess]:
+    process = MeterProcess(upstream.url, 2)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def upstream() -> Iterator[FaultyUpstream]:
+    with FaultyUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+async def fleet(
+    redis_url: str, meter: MeterProcess
+) -> AsyncIterator[tuple[seawall.Registry, seawall.Registry]]:
+    """Two replicas of the shop on one Redis, each calling the provider through its own
+    port of the meter, syncing every 50 ms."""
+    from seawall.redis import RedisState
+
+    namespace = replicas.new_namespace()
+    registries = [
+        shared_registry(
+            local_registry(url),
+            RedisState(url=redis_url, namespace=namespace, sync_interval=0.05, budget=0.25),
+        )
+        for url in meter.urls
+    ]
+    async with AsyncExitStack() as stack:
+        for registry in registries:
+            await stack.enter_async_context(registry)
+        yield registries[0], registries[1]
+
+
+async def until(predicate: Any, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await anyio.sleep(0.01)
+
+
+@pytest.mark.anyio
+async def test_the_meter_counts_each_replicas_payments_requests_and_their_concurrency(
+    meter: MeterProcess, upstream: FaultyUpstream
+) -> None:
+    upstream.route("/charges", Fault.latency(0.2))
+    upstream.route("/items", Fault.ok())
+    clients = [httpx.AsyncClient(base_url=url) for url in meter.urls]
+    async with clients[0], clients[1], anyio.create_task_group() as tg:
+        for client in (*clients, *clients, clients[0]):
+            tg.start_soon(client.post, "/charges")
+        tg.start_soon(clients[1].get, "/charges/order-1")
+        tg.start_soon(clients[1].get, "/items")  # the catalog: not a payments request
+        tg.start_soon(clients[1].post, "/charges/order-1/cancel")  # a refund: neither
+    stats = meter.stats()
+    records = records_of(stats)
+    assert len(records) == 6
+    assert sorted(r.replica for r in records) == [0, 0, 0, 1, 1, 1]
+    assert {r.status for r in records} == {"200"}
+    # Five charges held 0.2 s by the provider; the status check answered at once.
+    held = sorted(r.end - r.start for r in records if r.end is not None)
+    assert len(held) == 6
+    assert held[0] < 0.19 <= held[1]
+    # The five charges at once; the status check may overlap them.
+    assert 5 <= peak_concurrency(records) <= 6
+    assert stats["peak"] == peak_concurrency(records)
+
+
+@pytest.mark.anyio
+async def test_a_request_given_up_on_ends_when_the_client_closes(
+    meter: MeterProcess, upstream: FaultyUpstream
+) -> None:
+    upstream.route("/charges", Fault.hang())
+    async with httpx.AsyncClient(base_url=meter.urls[0], timeout=0.2) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/charges")
+    await until(lambda: records_of(meter.stats())[0].end is not None)
+    (record,) = records_of(meter.stats())
+    assert record.status == "closed"
+
+
+@pytest.mark.anyio
+async def test_two_replicas_hold_the_global_cap_and_the_second_follows_the_first_breaker(
+    fleet: tuple[seawall.Registry, seawall.Registry],
+    meter: MeterProcess,
+    upstream: FaultyUpstream,
+) -> None:
+    a, b = fleet
+    # 30 charges on each replica, the provider taking 0.5 s: 60 against a cap of 20.
+    upstream.route("/charges", Fault.latency(0.5))
+    outcomes: list[str] = []
+
+    async def charge(registry: seawall.Registry) -> None:
+        try:
+            await registry.client("payments").post("/charges")
+            outcomes.append("ok")
+        except seawall.BulkheadFullError:
+            outcomes.append("bulkhead_full")
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(30):
+            tg.start_soon(charge, a)
+            tg.start_soon(charge, b)
+    records = records_of(meter.stats())
+    local = sum(r.snapshot()["state"]["local_decisions"].get("bulkhead", 0) for r in fleet)
+    peak = peak_concurrency(records)
+    print(f"peak {peak} (cap {GLOBAL_CAP}), local decisions {local}, {outcomes.count('ok')} ok")
+    assert peak <= GLOBAL_CAP + local
+    assert outcomes.count("ok") == len(records)
+    assert {r.replica for r in records} == {0, 1}
+
+    # The provider fails: a's calls open its breaker; b follows without its own evidence.
+    upstream.route("/charges", Fault.error(503))
+    since = time.monotonic()
+    for _ in range(10):
+        await a.client("payments").post("/charges")
+    assert a.breaker("payments").state.value == "open"
+    opened_a = time.monotonic()
+    await until(lambda: b.breaker("payments").state.value == "open")
+    opened_b = time.monotonic()
+    openings = [
+        Opening(0, opened_a, a.breaker("payments").cause),
+        Opening(1, opened_b, b.breaker("payments").cause),
+    ]
+    summary = followed(openings, records_of(meter.stats()), since)
+    assert summary is not None
+    assert summary["first"] == {"replica": 1, "cause": "local"}
+    assert summary["second"]["cause"] == "shared"
+    assert summary["second"]["calls_before_open"] == 0
+    assert summary["second"]["calls_after_first_opened"] == 0
