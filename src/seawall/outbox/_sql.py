@@ -185,7 +185,7 @@ class Statements:
     def _claim_sends_stmt(self, special: tuple[str, ...]) -> Any:
         t = self.table
         e = self._alias_e
-        now = sa.bindparam("now", type_=sa.Double())
+        now: sa.BindParameter[float] = sa.bindparam("now", type_=sa.Double())
 
         def due(c: Any) -> sa.ColumnElement[bool]:
             earlier = (
@@ -238,31 +238,35 @@ class Statements:
         self, *, now: float, limit: int, owner: str, lease: float, allowed: Sequence[str]
     ) -> Any:
         """Unknown entries whose ``verify_at`` has come, not leased by another."""
-
-        def due(c: Any) -> sa.ColumnElement[bool]:
-            return sa.and_(
-                c.c.state == State.UNKNOWN,
-                c.c.verify_at <= now,
-                c.c.dependency.in_(list(allowed)),
-                sa.or_(c.c.lease_until.is_(None), c.c.lease_until < now),
-            )
-
-        return self._claim(due, lambda c: c.c.verify_at, limit, self._lease(now, owner, lease))
+        return self._claim_due(State.UNKNOWN, "verify_at", now, limit, owner, lease, allowed)
 
     def claim_compensations(
         self, *, now: float, limit: int, owner: str, lease: float, allowed: Sequence[str]
     ) -> Any:
         """Failed entries whose compensator is due, not leased by another."""
+        return self._claim_due(State.FAILED, "compensate_at", now, limit, owner, lease, allowed)
+
+    def _claim_due(
+        self,
+        state: State,
+        when: str,
+        now: float,
+        limit: int,
+        owner: str,
+        lease: float,
+        allowed: Sequence[str],
+    ) -> Any:
+        """Entries in *state* whose time in column *when* has come, not leased by another."""
 
         def due(c: Any) -> sa.ColumnElement[bool]:
             return sa.and_(
-                c.c.state == State.FAILED,
-                c.c.compensate_at <= now,
+                c.c.state == state,
+                c.c[when] <= now,
                 c.c.dependency.in_(list(allowed)),
                 sa.or_(c.c.lease_until.is_(None), c.c.lease_until < now),
             )
 
-        return self._claim(due, lambda c: c.c.compensate_at, limit, self._lease(now, owner, lease))
+        return self._claim(due, lambda c: c.c[when], limit, self._lease(now, owner, lease))
 
     def claim_ids(
         self,

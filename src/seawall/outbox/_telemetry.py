@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager as ContextManager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -127,26 +128,25 @@ class DispatchSpan:
             span.set_status(Status(StatusCode.ERROR, error))
 
 
+_NO_SPAN = DispatchSpan(None)
+
+
 @contextmanager
-def reconcile_span(dependency: str, links: list[str | None]) -> Iterator[DispatchSpan]:
-    """``seawall.outbox reconcile DEP``: one span per reconciler batch, linked to each
-    entry's enqueue span."""
+def _consumer_span(
+    name: str, links: list[Link], attributes: dict[str, Any]
+) -> Iterator[DispatchSpan]:
+    """A CONSUMER span starting a new trace (the enqueue may be days old), current
+    while the block runs; an exception escaping the block is recorded on it."""
     tracer = _tracer()
-    if tracer is None:
-        yield DispatchSpan(None)
+    if tracer is None:  # checked by the callers too; telemetry may be turned off meanwhile
+        yield _NO_SPAN
         return
     span = tracer.start_span(
-        f"seawall.outbox reconcile {dependency}",
+        name,
         context=otel_context.Context(),
         kind=SpanKind.CONSUMER,
-        links=[link for context in links for link in _link(context)],
-        attributes={
-            "messaging.system": SYSTEM,
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "reconcile",
-            "messaging.destination.name": dependency,
-            "messaging.batch.message_count": len(links),
-        },
+        links=links,
+        attributes=attributes,
     )
     token = otel_context.attach(trace.set_span_in_context(span))
     try:
@@ -160,21 +160,34 @@ def reconcile_span(dependency: str, links: list[str | None]) -> Iterator[Dispatc
         span.end()
 
 
-@contextmanager
+def reconcile_span(dependency: str, links: list[str | None]) -> ContextManager[DispatchSpan]:
+    """``seawall.outbox reconcile DEP``: one span per reconciler batch, linked to each
+    entry's enqueue span."""
+    if _tracer() is None:
+        return nullcontext(_NO_SPAN)
+    return _consumer_span(
+        f"seawall.outbox reconcile {dependency}",
+        [link for context in links for link in _link(context)],
+        {
+            "messaging.system": SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "reconcile",
+            "messaging.destination.name": dependency,
+            "messaging.batch.message_count": len(links),
+        },
+    )
+
+
 def dispatch_span(
     operation: str, entry: Entry, now: float, trace_context: str | None
-) -> Iterator[DispatchSpan]:
+) -> ContextManager[DispatchSpan]:
     """``seawall.outbox OPERATION DEP``: a new trace, linked to the enqueue span."""
-    tracer = _tracer()
-    if tracer is None:
-        yield DispatchSpan(None)
-        return
-    span = tracer.start_span(
+    if _tracer() is None:
+        return nullcontext(_NO_SPAN)
+    return _consumer_span(
         f"seawall.outbox {operation} {entry.dependency}",
-        context=otel_context.Context(),  # a new trace: the enqueue may be days old
-        kind=SpanKind.CONSUMER,
-        links=_link(trace_context),
-        attributes={
+        _link(trace_context),
+        {
             "messaging.system": SYSTEM,
             "messaging.operation.type": "process",
             "messaging.operation.name": operation,
@@ -185,16 +198,6 @@ def dispatch_span(
             "seawall.outbox.lag": max(0.0, now - entry.created_at),
         },
     )
-    token = otel_context.attach(trace.set_span_in_context(span))
-    try:
-        yield DispatchSpan(span)
-    except BaseException as exc:
-        span.record_exception(exc)
-        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-        raise
-    finally:
-        otel_context.detach(token)
-        span.end()
 
 
 # -- metrics ------------------------------------------------------------------------------

@@ -117,6 +117,19 @@ def failure_of(entry: Entry) -> Failure:
     return Failure(reason, entry.last_status, detail or None)
 
 
+def _row(claim: Claim, state: str, **values: Any) -> ResultRow:
+    """The result row of *claim*: its id and lease token, its verify count, and *values*."""
+    return ResultRow(
+        claim.entry.id, claim.token, state, verify_attempts=claim.verify_attempts, **values
+    )
+
+
+def _unchanged(claim: Claim, state: str, **values: Any) -> ResultRow:
+    """*claim*'s row in *state*, with the status and error it had."""
+    entry = claim.entry
+    return _row(claim, state, last_status=entry.last_status, last_error=entry.last_error, **values)
+
+
 class _HookError(Exception):
     """A user hook raised; ``__cause__`` is its error."""
 
@@ -321,14 +334,7 @@ class Worker:
     ) -> Result:
         now = self.clock.now()
         hook = "success" if claim.entry.dependency in self.outbox._on_success else None
-        row = ResultRow(
-            claim.entry.id,
-            claim.token,
-            State.SUCCEEDED,
-            finished_at=now,
-            last_status=status,
-            verify_attempts=claim.verify_attempts,
-        )
+        row = _row(claim, State.SUCCEEDED, finished_at=now, last_status=status)
         return Result(claim, row, hook=hook, response=response, outcome="succeeded")
 
     def _retry_later(
@@ -352,14 +358,8 @@ class Worker:
         wait = route.backoff.delay(entry.attempts, self.random)
         if retry_after is not None and retry_after > wait:
             wait = retry_after
-        row = ResultRow(
-            entry.id,
-            claim.token,
-            State.PENDING,
-            next_attempt_at=now + wait,
-            last_status=status,
-            last_error=reason,
-            verify_attempts=claim.verify_attempts,
+        row = _row(
+            claim, State.PENDING, next_attempt_at=now + wait, last_status=status, last_error=reason
         )
         return Result(
             claim,
@@ -376,27 +376,20 @@ class Worker:
         verify_at: float | None = None
         if entry.dependency in self.outbox._verifiers or route.honours_idempotency_key:
             verify_at = now + (route.verify_delay if retry_after is None else retry_after)
-        row = ResultRow(
-            entry.id,
-            claim.token,
-            State.UNKNOWN,
-            verify_at=verify_at,
-            last_error=f"outcome_unknown: {error}",
-            verify_attempts=claim.verify_attempts,
+        row = _row(
+            claim, State.UNKNOWN, verify_at=verify_at, last_error=f"outcome_unknown: {error}"
         )
         return Result(claim, row, outcome="unknown")
 
     def _failed(self, claim: Claim, route: OutboxRoute, failure: Failure) -> Result:
         now = self.clock.now()
         hook = "compensate" if claim.entry.dependency in self.outbox._compensators else None
-        row = ResultRow(
-            claim.entry.id,
-            claim.token,
+        row = _row(
+            claim,
             State.FAILED,
             finished_at=now,
             last_status=failure.status_code,
             last_error=failure.reason + (f": {failure.detail}" if failure.detail else ""),
-            verify_attempts=claim.verify_attempts,
         )
         return Result(claim, row, hook=hook, failure=failure, outcome=failure.reason)
 
@@ -412,13 +405,7 @@ class Worker:
         if verifier is None:
             if route.honours_idempotency_key:
                 return self._resend_now(claim, "resend_after_unknown")
-            row = ResultRow(
-                entry.id,
-                claim.token,
-                State.UNKNOWN,
-                last_error=entry.last_error,
-                verify_attempts=claim.verify_attempts,
-            )
+            row = _row(claim, State.UNKNOWN, last_error=entry.last_error)
             return Result(claim, row, outcome="unknown")
         now = self.clock.now()
         with tel.dispatch_span("verify", entry, now, claim.trace_context) as span:
@@ -463,28 +450,23 @@ class Worker:
         reason = None
         if now - entry.created_at >= route.max_age:
             reason = "outcome still unknown past max_age"
-        row = ResultRow(
-            entry.id,
-            claim.token,
+        row = _row(
+            claim,
             State.UNKNOWN,
             verify_at=now + wait,
             last_error=entry.last_error,
-            verify_attempts=claim.verify_attempts,
             attention=reason is not None,
             attention_reason=reason,
         )
         return Result(claim, row, outcome="verified_unknown")
 
     def _resend_now(self, claim: Claim, reason: str) -> Result:
-        entry = claim.entry
-        row = ResultRow(
-            entry.id,
-            claim.token,
+        row = _row(
+            claim,
             State.PENDING,
             next_attempt_at=self.clock.now(),
-            last_status=entry.last_status,
+            last_status=claim.entry.last_status,
             last_error=reason,
-            verify_attempts=claim.verify_attempts,
         )
         return Result(claim, row, outcome=reason)
 
@@ -557,11 +539,7 @@ class Worker:
         try:
             try:
                 async with session.begin():
-                    matched = (
-                        await session.execute(self.stmts.fenced(entry.id, r.claim.token, **values))
-                    ).first()
-                    if matched is None:
-                        tel.lease_lost(entry.dependency, entry.id)
+                    if not await self._fenced(session, r, values):
                         return False
                     try:
                         if r.hook == "compensate":
@@ -613,16 +591,22 @@ class Worker:
                 reason = ""
                 values["compensate_at"] = now + route.backoff.delay(tries, self.random)
         async with session.begin():
-            matched = (
-                await session.execute(self.stmts.fenced(entry.id, r.claim.token, **values))
-            ).first()
-        if matched is None:
-            tel.lease_lost(entry.dependency, entry.id)
-            return
+            if not await self._fenced(session, r, values):
+                return
         r.outcome = "hook_error"
         if reason:
             r.row = replace(r.row, attention=True, attention_reason=reason)
         self._written(r)
+
+    async def _fenced(self, session: AsyncSession, r: Result, values: dict[str, Any]) -> bool:
+        """*r*'s fenced write in *session*'s transaction; False (logged, counted) if the
+        lease has passed to another."""
+        entry = r.claim.entry
+        stmt = self.stmts.fenced(entry.id, r.claim.token, **values)
+        if (await session.execute(stmt)).first() is None:
+            tel.lease_lost(entry.dependency, entry.id)
+            return False
+        return True
 
     @staticmethod
     def _values(row: ResultRow, now: float) -> dict[str, Any]:
@@ -652,47 +636,26 @@ class Worker:
     def give_back(self, claim: Claim) -> Result:
         """A claimed entry never sent (the dispatcher stopped, or its lease ran short while
         it waited for a slot): pending again, due now, its attempt not counted."""
-        entry = claim.entry
-        row = ResultRow(
-            entry.id,
-            claim.token,
+        row = _unchanged(
+            claim,
             State.PENDING,
             next_attempt_at=self.clock.now(),
-            last_status=entry.last_status,
-            last_error=entry.last_error,
-            verify_attempts=claim.verify_attempts,
-            attempts=max(0, entry.attempts - 1),
+            attempts=max(0, claim.entry.attempts - 1),
         )
         return Result(claim, row, outcome="given_back")
 
     def release(self, claim: Claim) -> Result:
         """Give a claimed unknown entry back unchanged (only a person can settle it)."""
-        entry = claim.entry
-        row = ResultRow(
-            entry.id,
-            claim.token,
-            entry.state,
-            last_status=entry.last_status,
-            last_error=entry.last_error,
-            verify_attempts=claim.verify_attempts,
-        )
-        return Result(claim, row, outcome="released")
+        return Result(claim, _unchanged(claim, claim.entry.state), outcome="released")
 
     # -- compensations claimed later ------------------------------------------------
 
     def compensation(self, claim: Claim) -> Result:
         """A compensation that is due again (its last run raised)."""
-        entry = claim.entry
-        row = ResultRow(
-            entry.id,
-            claim.token,
-            State.FAILED,
-            finished_at=self.clock.now(),
-            last_status=entry.last_status,
-            last_error=entry.last_error,
-            verify_attempts=claim.verify_attempts,
+        row = _unchanged(claim, State.FAILED, finished_at=self.clock.now())
+        return Result(
+            claim, row, hook="compensate", failure=failure_of(claim.entry), outcome="failed"
         )
-        return Result(claim, row, hook="compensate", failure=failure_of(entry), outcome="failed")
 
 
 _REASONS: dict[type[BaseException], str] = {
