@@ -47,13 +47,17 @@ __all__ = [
     "PAYMENTS",
     "SHARED",
     "EmbeddedRedis",
+    "Fleet",
     "Meter",
+    "MeterChild",
     "Opening",
     "Record",
     "ReplicasError",
     "RoundRobin",
+    "failing_since",
     "followed",
     "from_env",
+    "merge_stats",
     "peak_concurrency",
     "redis_for",
     "replica_env",
@@ -469,12 +473,207 @@ def _meter_main(argv: list[str]) -> None:
             print(json.dumps(meter.stats()), flush=True)
 
 
+class MeterChild:
+    """The meter in a child process of its own (its work never competes with the
+    traffic generator's for the GIL): ``urls`` are its ports, one per replica."""
+
+    def __init__(self, upstream: str, replicas: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "seawall._demo.replicas", "meter", upstream, str(replicas)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        words = self.proc.stdout.readline().split()
+        if not words or words[0] != "READY" or len(words) != replicas + 1:
+            self.stop()
+            raise ReplicasError(f"the meter did not start: {' '.join(words)!r}")
+        self.urls = [f"http://127.0.0.1:{port}" for port in words[1:]]
+        self._lock = threading.Lock()
+
+    def stats(self) -> dict[str, Any]:
+        """The meter's records and live peak (blocking; one question at a time)."""
+        with self._lock:
+            assert self.proc.stdin is not None
+            assert self.proc.stdout is not None
+            self.proc.stdin.write("stats\n")
+            self.proc.stdin.flush()
+            return json.loads(self.proc.stdout.readline())  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
 def records_of(stats: dict[str, Any]) -> list[Record]:
     """The records of a ``stats`` answer."""
     return [
         Record(int(r), float(s), None if e is None else float(e), str(st))
         for r, s, e, st in stats["records"]
     ]
+
+
+# -- the runner's side -----------------------------------------------------------------------
+
+
+def merge_stats(stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ``/_stats`` of a variant's replicas as one shop's.
+
+    Per dependency, the counts (outcomes, retries, fallbacks, calls in flight,
+    bulkhead limits) are summed, and the breaker reads each replica's state
+    where they differ (``"open/closed"``). The seawall shop's verification
+    counts are summed too; the rest (orders, the outbox: one database that
+    every replica of a shop shares) is the first replica's.
+    """
+    found = [s for s in stats if s]
+    if not found:
+        return {}
+    merged = dict(found[0])
+    deps: dict[str, dict[str, Any]] = {}
+    for one in found:
+        for name, figures in one.get("dependencies", {}).items():
+            into = deps.setdefault(name, {})
+            for key, value in figures.items():
+                if key == "outcomes":
+                    outcomes = into.setdefault(key, {})
+                    for outcome, n in value.items():
+                        outcomes[outcome] = outcomes.get(outcome, 0) + n
+                elif key == "breaker":
+                    states = into.setdefault("_breakers", [])
+                    states.append(value)
+                elif isinstance(value, int | float) and not isinstance(value, bool):
+                    if key.endswith("_ms"):  # a latency estimate: the lowest
+                        into[key] = value if into.get(key) is None else min(into[key], value)
+                    else:
+                        into[key] = into.get(key, 0) + value
+                else:
+                    into.setdefault(key, value)
+    for figures in deps.values():
+        states = figures.pop("_breakers", [])
+        if states:
+            figures["breaker"] = states[0] if len(set(states)) == 1 else "/".join(map(str, states))
+    merged["dependencies"] = deps
+    if "verified" in merged:
+        verified: dict[str, int] = {}
+        for one in found:
+            for key, n in one.get("verified", {}).items():
+                verified[key] = verified.get(key, 0) + n
+        merged["verified"] = verified
+    return merged
+
+
+def failing_since(
+    phases: Sequence[tuple[str, float, float]], faults: Sequence[str]
+) -> float | None:
+    """When the provider's trouble began: the start of the first phase whose fault is
+    not ``ok`` (*phases* as the runner keeps them, *faults* each phase's)."""
+    for (_, start, _), fault in zip(phases, faults, strict=False):
+        if fault != "ok":
+            return start
+    return None
+
+
+class Fleet:
+    """The replicas' side of a ``--replicas`` run.
+
+    :meth:`start_redis` before the apps; :meth:`meter` for each variant's
+    provider (the replicas call it through the meter's ports);
+    :meth:`watch` alongside the traffic; :meth:`summary` at the end.
+    """
+
+    def __init__(self, replicas: int, redis_url: str | None = None) -> None:
+        if replicas < 2:
+            raise ReplicasError(f"--replicas must be at least 2, got {replicas}")
+        self.replicas = replicas
+        self.given_url = redis_url
+        self.redis_url = ""
+        self.namespace = new_namespace()
+        self._embedded: EmbeddedRedis | None = None
+        self.meters: dict[str, MeterChild] = {}
+        self.openings: list[Opening] = []
+        self._seen: dict[int, str] = {}
+
+    def start_redis(self) -> str:
+        self.redis_url, self._embedded = redis_for(self.given_url)
+        return self.redis_url
+
+    @property
+    def redis(self) -> str:
+        """``"embedded"`` or ``"given"``."""
+        return "embedded" if self.given_url is None else "given"
+
+    def env(self) -> dict[str, str]:
+        """The environment of a seawall replica."""
+        return replica_env(self.redis_url, self.namespace)
+
+    def meter(self, variant: str, upstream: str) -> list[str]:
+        """Start the meter in front of *variant*'s provider; the URL each replica calls."""
+        child = self.meters[variant] = MeterChild(upstream, self.replicas)
+        return child.urls
+
+    def stop(self) -> None:
+        for child in self.meters.values():
+            child.stop()
+        self.meters.clear()
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
+
+    async def watch(self, client: Any, urls: Sequence[str], end: float, every: float = 0.1) -> None:
+        """Poll the seawall replicas' snapshots until *end*, noting when each one's
+        payments breaker opens and why (``cause``: its own calls, or the verdict)."""
+        import anyio
+
+        while time.monotonic() < end:
+            for i, url in enumerate(urls):
+                try:
+                    response = await client.get(url + "/_resilience/", timeout=2.0)
+                    payments = response.json()["dependencies"]["payments"]
+                except Exception:  # a replica busy or starting: the next poll
+                    continue
+                state = (payments.get("breaker") or {}).get("state")
+                if state == "open" and self._seen.get(i) != "open":
+                    cause = (payments.get("shared") or {}).get("cause")
+                    self.openings.append(Opening(i, time.monotonic(), cause))
+                if state is not None:
+                    self._seen[i] = state
+            await anyio.sleep(every)
+
+    def summary(self, started: float, since: float | None) -> dict[str, Any]:
+        """The summary's ``"replicas"`` entry (blocking: asks the meters).
+
+        *started* is the run's start (monotonic), *since* when the provider's
+        trouble began, in seconds from *started* (None: it never did).
+        """
+        peaks: dict[str, int] = {}
+        calls: dict[str, list[int]] = {}
+        follow = None
+        for variant, child in self.meters.items():
+            records = records_of(child.stats())
+            peaks[variant] = peak_concurrency(records, since=started)
+            calls[variant] = [
+                sum(1 for r in records if r.replica == i and r.start >= started)
+                for i in range(self.replicas)
+            ]
+            if variant == "seawall" and since is not None:
+                follow = followed(self.openings, records, started + since)
+        return {
+            "count": self.replicas,
+            "redis": self.redis,
+            "global_cap": GLOBAL_CAP,
+            "provider_peak_concurrency": peaks,
+            "payments_requests_by_replica": calls,
+            "breaker_followed": follow,
+        }
 
 
 if __name__ == "__main__":

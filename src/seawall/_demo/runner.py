@@ -1,10 +1,11 @@
 """The storm, live: the same shop app through plain httpx and through seawall.
 
-Everything runs on loopback: two fault-injecting upstreams (one per variant,
-scripted identically) in this process, the two app variants as uvicorn child
-processes, and a traffic generator here. The payments dependency goes
-through a scripted storm while the terminal shows each variant's routes and
-dependencies live; a summary compares the two runs at the end.
+Everything runs on loopback: two fake payment providers (one per variant,
+scripted identically) and the two app variants as child processes, and a
+traffic generator here. The payments dependency goes through a scripted storm
+while the terminal shows each variant's routes and dependencies live; a
+summary compares the two runs at the end, and checks each shop's orders
+against its provider's ledger.
 """
 
 from __future__ import annotations
@@ -97,6 +98,61 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
     }
 
 
+def _failed(status: str) -> bool:
+    """Whether a customer sees *status* as a failed payment (and clicks again)."""
+    return status in ("timeout", "error") or status.startswith("5")
+
+
+#: Outbox states that are not settled yet.
+_OPEN_STATES = ("pending", "dispatching", "unknown")
+
+
+def _unsettled(stats: dict[str, Any]) -> int:
+    """Outbox entries of a shop still open (0 for a shop without an outbox)."""
+    outbox = stats.get("outbox")
+    if outbox is None:
+        return 0 if stats else 1  # no figures yet: not known to be settled
+    return sum(n for states in outbox.values() for s, n in states.items() if s in _OPEN_STATES)
+
+
+def ledger_check(
+    charges: list[dict[str, Any]], orders: dict[str, str], stats: dict[str, Any]
+) -> dict[str, Any]:
+    """A shop's orders against its provider's ledger.
+
+    ``charges`` are the provider's (``order_id``, ``cancelled``, ...),
+    ``orders`` the shop's (id -> status), ``stats`` its last ``/_stats``.
+    """
+    live = Counter(c["order_id"] for c in charges if not c["cancelled"])
+    found: dict[str, Any] = {
+        "charges": len(charges),  # charges the provider made, refunded ones included
+        "refunded": sum(1 for c in charges if c["cancelled"]),
+        "charged": len(live),  # orders the provider holds a live charge for
+        "orders": len(orders),  # orders the shop recorded
+        "paid": sum(1 for status in orders.values() if status == "paid"),
+        # The two ways a payment goes wrong:
+        "charged_twice": sum(1 for n in live.values() if n > 1),
+        "lost": sum(1 for order in live if order not in orders),
+        # And the two inconsistencies a shop could add (0 for both, so far):
+        "paid_not_charged": sum(1 for o, st in orders.items() if st == "paid" and o not in live),
+        "cancelled_but_charged": sum(
+            1 for o, st in orders.items() if st == "cancelled" and o in live
+        ),
+    }
+    outbox = stats.get("outbox")
+    if outbox is not None:
+        states: Counter[str] = Counter()
+        for by_state in outbox.values():
+            states.update(by_state)
+        found |= {
+            "verified": stats.get("verified", {}).get("succeeded", 0),
+            "compensated": sum(1 for status in orders.values() if status == "cancelled"),
+            "pending": states["pending"] + states["dispatching"],
+            "unknown": states["unknown"],
+        }
+    return found
+
+
 class DemoError(Exception):
     """A failure to start the demo, with a message for the terminal."""
 
@@ -134,6 +190,12 @@ class _Child:
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
 
+    def ask(self, command: str) -> str:
+        """Send *command* and read the one line it answers (blocking)."""
+        self.send(command)
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline()
+
     def stop(self) -> None:
         if self.proc.stdin is not None:
             self.proc.stdin.close()
@@ -160,6 +222,11 @@ class Settings:
     base_port: int = 0
     otlp_endpoint: str | None = None
     json_only: bool = False
+    #: How long an order may wait for its charge in the seawall shop before it is
+    #: cancelled (None: half the duration, at least 10 s).
+    payment_window: float | None = None
+    #: After the run, how long the seawall shop's outbox may take to settle.
+    drain: float = 5.0
 
 
 class Demo:
@@ -181,7 +248,21 @@ class Demo:
         #: (phase name, start, end) in seconds since the run started.
         self.phase_times: list[tuple[str, float, float]] = []
         #: Each variant's dependency figures at the end of each phase (cumulative).
-        self.phase_deps: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+        self.phase_deps: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in VARIANTS}
+        #: Each variant's last /_stats (orders and, for seawall, the outbox).
+        self.app_stats: dict[str, dict[str, Any]] = {v: {} for v in VARIANTS}
+        #: At the end: each variant's orders (id -> status) and its provider's charges.
+        self.orders: dict[str, dict[str, str]] = {v: {} for v in VARIANTS}
+        self.charges: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+        #: Seconds the seawall shop's outbox took to settle after the run (None: it did not).
+        self.drained_s: float | None = None
+        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def payment_window(self) -> float:
+        if self.s.payment_window is not None:
+            return self.s.payment_window
+        return max(10.0, 0.5 * self.s.duration)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -189,17 +270,32 @@ class Demo:
         env = dict(os.environ)
         if self.s.otlp_endpoint:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.s.otlp_endpoint
+        # Each shop's orders in a SQLite file of its own, gone after the run.
+        self.tmp = tempfile.TemporaryDirectory(prefix="seawall-demo-")
         for i, variant in enumerate(VARIANTS):
             upstream = _Child(f"{variant} upstream", ["seawall._demo.upstream"], env, stdin=True)
             self.upstreams[variant] = upstream
             port = self.s.base_port + i if self.s.base_port else 0
+            db = os.path.join(self.tmp.name, f"shop-{variant}.db")
             self.apps[variant] = _Child(
-                variant, ["seawall._demo.serve", variant, upstream.url, str(port)], env
+                variant,
+                [
+                    "seawall._demo.serve",
+                    variant,
+                    upstream.url,
+                    str(port),
+                    db,
+                    str(self.payment_window),
+                ],
+                env,
             )
 
     def stop(self) -> None:
         for child in [*self.apps.values(), *self.upstreams.values()]:
             child.stop()
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -228,23 +324,65 @@ class Demo:
                 if not self.s.json_only:
                     tg.start_soon(self._display, end)
                 await self._script(client, end)
+            # Every customer has had an answer. The seawall shop may still be
+            # charging (its outbox): let it settle, bounded, then check both
+            # shops' orders against their providers' ledgers.
+            await self._drain(client)
             for variant in VARIANTS:
                 await self._fetch_stats(client, variant)
+                await self._fetch_ledger(client, variant)
         return self.summary()
+
+    async def _drain(self, client: httpx.AsyncClient) -> None:
+        began = time.monotonic()
+        while True:
+            await self._fetch_stats(client, "seawall")
+            if not _unsettled(self.app_stats["seawall"]):
+                self.drained_s = round(time.monotonic() - began, 2)
+                return
+            if time.monotonic() - began >= self.s.drain:
+                return
+            await anyio.sleep(0.1)
+
+    async def _fetch_ledger(self, client: httpx.AsyncClient, variant: str) -> None:
+        """The shop's orders and its provider's charges. Without them there is no
+        ledger check: better no summary than one that claims a clean ledger."""
+        try:
+            response = await client.get(self.apps[variant].url + "/_orders", timeout=10.0)
+            self.orders[variant] = response.json()["orders"]
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            raise DemoError(f"could not read the {variant} shop's orders: {exc!r}") from exc
+        line = ""
+        with anyio.move_on_after(10):
+            line = await anyio.to_thread.run_sync(
+                self.upstreams[variant].ask, "ledger", abandon_on_cancel=True
+            )
+        try:
+            self.charges[variant] = json.loads(line)["charges"]
+        except (ValueError, KeyError) as exc:
+            raise DemoError(
+                f"could not read the {variant} provider's ledger: {line[:200]!r}"
+            ) from exc
 
     async def _script(self, client: httpx.AsyncClient, end: float) -> None:
         at = self.started
-        for phase in self.phases:
-            self.phase = phase.name
-            self.set_payments(phase.payments)
-            began = time.monotonic() - self.started
-            at += phase.share * self.s.duration
-            await anyio.sleep(max(0.0, min(at, end) - time.monotonic()))
-            self.phase_times.append((phase.name, began, time.monotonic() - self.started))
-            for variant in VARIANTS:  # the outcomes so far, to tell each phase's apart
-                await self._fetch_stats(client, variant)
-                self.phase_deps[variant].append(copy.deepcopy(self.deps[variant]))
+        async with anyio.create_task_group() as tg:
+            for i, phase in enumerate(self.phases):
+                self.phase = phase.name
+                self.set_payments(phase.payments)
+                began = time.monotonic() - self.started
+                at += phase.share * self.s.duration
+                await anyio.sleep(max(0.0, min(at, end) - time.monotonic()))
+                self.phase_times.append((phase.name, began, time.monotonic() - self.started))
+                # The outcomes so far, to tell each phase's apart; in the
+                # background, so that the next phase starts on time.
+                tg.start_soon(self._snapshot_phase, client, i)
         self.phase = "done"
+
+    async def _snapshot_phase(self, client: httpx.AsyncClient, i: int) -> None:
+        for variant in VARIANTS:
+            await self._fetch_stats(client, variant)
+            self.phase_deps[variant][i] = copy.deepcopy(self.deps[variant])
 
     async def _worker(
         self, shared: httpx.AsyncClient, variant: str, route: str, end: float, i: int
@@ -277,26 +415,49 @@ class Demo:
         # come back together, and the traffic turns into a burst a second that no
         # population of users makes.
         rng = random.Random(f"{route} {i}")
+        orders = 0
         while time.monotonic() < end:
-            t0 = time.monotonic()
-            try:
-                if route == "/pay":
-                    response = await client.post(url)
-                else:
-                    response = await client.get(url)
-                status = str(response.status_code)
-            except httpx.TimeoutException:
-                status = "timeout"
-            except httpx.HTTPError:
-                status = "error"
-            t1 = time.monotonic()
-            stats.add(t1, t1 - t0, status)
+            if route == "/catalog":
+                await self._request(client, "GET", url, stats)
+            else:
+                # A customer pays an order of their own choosing; if the shop
+                # fails them (a 5xx, no answer), they click again once or twice.
+                orders += 1
+                order = {"order_id": f"u{i}-{orders}", "amount": 42}
+                clicks = 2 if rng.random() < 0.5 else 3
+                for _ in range(clicks):
+                    status = await self._request(client, "POST", url, stats, json=order)
+                    if not _failed(status) or time.monotonic() >= end:
+                        break
+                    await anyio.sleep(self.s.think * (0.5 + rng.random()))
             await anyio.sleep(self.s.think * (0.5 + rng.random()))
+
+    async def _request(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: str,
+        stats: RouteStats,
+        **kwargs: Any,
+    ) -> str:
+        t0 = time.monotonic()
+        try:
+            response = await client.request(method, url, **kwargs)
+            status = str(response.status_code)
+        except httpx.TimeoutException:
+            status = "timeout"
+        except httpx.HTTPError:
+            status = "error"
+        t1 = time.monotonic()
+        stats.add(t1, t1 - t0, status)
+        return status
 
     async def _fetch_stats(self, client: httpx.AsyncClient, variant: str) -> None:
         try:
             response = await client.get(self.apps[variant].url + "/_stats", timeout=2.0)
-            self.deps[variant] = response.json()["dependencies"]
+            stats = response.json()
+            self.deps[variant] = stats["dependencies"]
+            self.app_stats[variant] = stats
         except (httpx.HTTPError, ValueError, KeyError):
             pass
 
@@ -315,10 +476,10 @@ class Demo:
     def _phase_outcomes(self, variant: str, i: int) -> dict[str, dict[str, int]]:
         """Each dependency's call outcomes during phase *i* (from the app's counts)."""
         snapshots = self.phase_deps[variant]
-        if i >= len(snapshots):
+        if i not in snapshots:
             return {}
         after = snapshots[i]
-        before = snapshots[i - 1] if i else {}
+        before = snapshots.get(i - 1, {})
         found: dict[str, dict[str, int]] = {}
         for name, d in sorted(after.items()):
             was = before.get(name, {}).get("outcomes", {})
@@ -337,6 +498,9 @@ class Demo:
             runs[variant] = {
                 "routes": {r: summarize(self.stats[variant][r].samples) for r in ROUTES},
                 "dependencies": deps,
+                "payments": ledger_check(
+                    self.charges[variant], self.orders[variant], self.app_stats[variant]
+                ),
                 "phases": [
                     {
                         "phase": name,
@@ -352,6 +516,8 @@ class Demo:
             "scenario": self.s.scenario,
             "duration_s": self.s.duration,
             "clients": {"/pay": self.s.pay_clients, "/catalog": self.s.catalog_clients},
+            "payment_window_s": self.payment_window,
+            "drained_s": self.drained_s,
             "runs": runs,
             "comparison": self._comparison(runs),
         }
@@ -375,10 +541,13 @@ class Demo:
                 "ratio": round(st / h, 2) if h else None,
             }
         return {
-            "payments_completed": {
-                v: runs[v]["routes"]["/pay"]["statuses"].get("200", 0) for v in VARIANTS
-            },
+            # Orders the shop recorded as paid at the end: the plain shop's /pay
+            # answered 200, the seawall shop's outbox got the charge through.
+            "payments_completed": {v: runs[v]["payments"]["paid"] for v in VARIANTS},
             "catalog_p99": catalog,
+            "ledger": {
+                v: {k: runs[v]["payments"][k] for k in ("charged_twice", "lost")} for v in VARIANTS
+            },
         }
 
     def _live_table(self) -> Any:
@@ -430,7 +599,22 @@ class Demo:
                 str(d.get("fallbacks", 0)),
                 outcomes,
             )
-        return Group(title, routes, deps)
+        return Group(title, self._orders_line(), routes, deps)
+
+    def _orders_line(self) -> Any:
+        from rich.text import Text
+
+        parts: list[str] = []
+        for variant in VARIANTS:
+            stats = self.app_stats[variant]
+            counts = ", ".join(f"{k} {n}" for k, n in sorted(stats.get("orders", {}).items()))
+            part = f"{variant}: {counts or '-'}"
+            outbox = stats.get("outbox", {}).get("payments")
+            if outbox:
+                open_ = ", ".join(f"{k} {outbox[k]}" for k in _OPEN_STATES if outbox.get(k))
+                part += f" (outbox: {open_ or 'settled'})"
+            parts.append(part)
+        return Text("orders  " + "  ·  ".join(parts))
 
     async def _display(self, end: float) -> None:
         from rich.live import Live
@@ -439,6 +623,39 @@ class Demo:
             while time.monotonic() < end:
                 await anyio.sleep(0.25)
                 live.update(self._live_table())
+
+    @staticmethod
+    def _ledger_table(summary: dict[str, Any]) -> Any:
+        from rich.table import Table
+
+        table = Table(title="payments: each shop's orders against its provider's ledger")
+        for name in (
+            "variant",
+            "charged",
+            "orders",
+            "paid",
+            "verified",
+            "compensated",
+            "open",
+            "twice",
+            "lost",
+        ):
+            table.add_column(name)
+        for variant in VARIANTS:
+            p = summary["runs"][variant]["payments"]
+            has_outbox = "pending" in p
+            table.add_row(
+                variant,
+                str(p["charged"]),
+                str(p["orders"]),
+                str(p["paid"]),
+                str(p["verified"]) if has_outbox else "-",
+                str(p["compensated"]) if has_outbox else "-",
+                str(p["pending"] + p["unknown"]) if has_outbox else "-",
+                str(p["charged_twice"]),
+                str(p["lost"]),
+            )
+        return table
 
     def print_summary(self, summary: dict[str, Any]) -> None:
         from rich.console import Console
@@ -470,12 +687,25 @@ class Demo:
             f"/catalog over the whole run: p99 {plain['p99_ms']:.0f} ms and {plain['errors']} errors "
             f"with a shared httpx client; p99 {ours['p99_ms']:.0f} ms and {ours['errors']} errors with seawall."
         )
+        console.print(self._ledger_table(summary))
         comparison = summary["comparison"]
         paid = comparison["payments_completed"]
         console.print(
-            f"payments completed: {paid['plain']} with a shared httpx client, "
-            f"{paid['seawall']} with seawall."
+            f"payments completed (orders paid at the end): {paid['plain']} with a shared httpx "
+            f"client, {paid['seawall']} with seawall."
         )
+        ledger = comparison["ledger"]
+        console.print(
+            f"charged twice: {ledger['plain']['charged_twice']} with a shared httpx client, "
+            f"{ledger['seawall']['charged_twice']} with seawall; lost (charged, no order): "
+            f"{ledger['plain']['lost']} and {ledger['seawall']['lost']}."
+        )
+        ours = summary["runs"]["seawall"]["payments"]
+        if summary["drained_s"] is None:
+            console.print(
+                f"seawall's outbox had not settled {self.s.drain:g} s after the run: "
+                f"{ours['pending']} charges pending, {ours['unknown']} unknown."
+            )
         for variant, label in (("plain", "a shared httpx client"), ("seawall", "seawall")):
             c = comparison["catalog_p99"][variant]
             ratio = f"{c['ratio']:.2f}x" if c["ratio"] is not None else "-"

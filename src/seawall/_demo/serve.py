@@ -1,7 +1,9 @@
-"""A demo app in a child process: ``python -m seawall._demo.serve VARIANT UPSTREAM``.
+"""A demo app in a child process:
+``python -m seawall._demo.serve VARIANT UPSTREAM [PORT [DB [PAYMENT_WINDOW]]]``.
 
-Binds 127.0.0.1 on a free port, prints ``READY <port>`` once serving, and
-exits cleanly on SIGINT or SIGTERM.
+Binds 127.0.0.1 on PORT (0: a free port), keeps its orders in the SQLite file
+DB (default: ``shop-VARIANT.db`` in the current directory), prints ``READY
+<port>`` once serving, and exits cleanly on SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from typing import Any
 
 
 def _setup_tracing() -> None:
@@ -29,26 +32,50 @@ def _setup_tracing() -> None:
     trace.set_tracer_provider(provider)
 
 
+def _drop_below_warning(logger: Any, method: str, event_dict: Any) -> Any:
+    import structlog
+
+    if method in ("debug", "info"):
+        raise structlog.DropEvent
+    return event_dict
+
+
 def main(argv: list[str]) -> None:
     variant, upstream = argv[0], argv[1]
     port = int(argv[2]) if len(argv) > 2 else 0
+    db = argv[3] if len(argv) > 3 else f"shop-{variant}.db"
     import uvicorn
 
-    from .apps import plain_app, seawall_app
+    from .apps import PAYMENT_WINDOW, CallCounts, plain_app, seawall_app
 
+    window = float(argv[4]) if len(argv) > 4 else PAYMENT_WINDOW
     if variant == "seawall":
         _setup_tracing()
     # An app configures its own logging: here, warnings and up (breaker
-    # transitions) to stderr, which the demo keeps in a file.
+    # transitions) to stderr, which the demo keeps in a file. The seawall shop
+    # first counts the seawall.call event of every call its outbox makes.
     import logging
 
     import structlog
 
+    calls = CallCounts(("payments", "refunds"))
+    level = logging.DEBUG if variant == "seawall" else logging.WARNING
     structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        processors=[
+            calls,
+            _drop_below_warning,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
     )
-    app = seawall_app(upstream) if variant == "seawall" else plain_app(upstream)
+    app = (
+        seawall_app(upstream, db, calls=calls, payment_window=window)
+        if variant == "seawall"
+        else plain_app(upstream, db)
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
