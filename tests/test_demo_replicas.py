@@ -7,10 +7,7 @@ temp dir); without one they skip, except under ``CI=true``, where they fail.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
@@ -25,6 +22,7 @@ from seawall._demo import replicas
 from seawall._demo.replicas import (
     GLOBAL_CAP,
     EmbeddedRedis,
+    MeterChild,
     Opening,
     Record,
     ReplicasError,
@@ -199,39 +197,9 @@ def test_the_shared_registry_keeps_every_local_setting_and_adds_the_shared_part(
     assert dict(catalog.httpx_options) == {"headers": {"x-shop": "demo"}}
 
 
-class MeterProcess:
-    """``python -m seawall._demo.replicas meter UPSTREAM N`` in a child process."""
-
-    def __init__(self, upstream: str, n: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "seawall._demo.replicas", "meter", upstream, str(n)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        words = self.proc.stdout.readline().split()
-        assert words[0] == "READY", words
-        self.urls = [f"http://127.0.0.1:{port}" for port in words[1:]]
-
-    def stats(self) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.write("stats\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.close()
-        self.proc.wait(10)
-        self.proc.stdout.close()
-
-
 @pytest.fixture
-def meter(upstream: FaultyUpstream) -> Iterator[MeterProcess]:
-    process = MeterProcess(upstream.url, 2)
+def meter(upstream: FaultyUpstream) -> Iterator[MeterChild]:
+    process = MeterChild(upstream.url, 2)
     try:
         yield process
     finally:
@@ -246,7 +214,7 @@ def upstream() -> Iterator[FaultyUpstream]:
 
 @pytest.fixture
 async def fleet(
-    redis_url: str, meter: MeterProcess
+    redis_url: str, meter: MeterChild
 ) -> AsyncIterator[tuple[seawall.Registry, seawall.Registry]]:
     """Two replicas of the shop on one Redis, each calling the provider through its own
     port of the meter, syncing every 50 ms."""
@@ -275,7 +243,7 @@ async def until(predicate: Any, within: float = 5.0) -> None:
 
 @pytest.mark.anyio
 async def test_the_meter_counts_each_replicas_payments_requests_and_their_concurrency(
-    meter: MeterProcess, upstream: FaultyUpstream
+    meter: MeterChild, upstream: FaultyUpstream
 ) -> None:
     upstream.route("/charges", Fault.latency(0.2))
     upstream.route("/items", Fault.ok())
@@ -302,7 +270,7 @@ async def test_the_meter_counts_each_replicas_payments_requests_and_their_concur
 
 @pytest.mark.anyio
 async def test_a_request_given_up_on_ends_when_the_client_closes(
-    meter: MeterProcess, upstream: FaultyUpstream
+    meter: MeterChild, upstream: FaultyUpstream
 ) -> None:
     upstream.route("/charges", Fault.hang())
     async with httpx.AsyncClient(base_url=meter.urls[0], timeout=0.2) as client:
@@ -316,7 +284,7 @@ async def test_a_request_given_up_on_ends_when_the_client_closes(
 @pytest.mark.anyio
 async def test_two_replicas_hold_the_global_cap_and_the_second_follows_the_first_breaker(
     fleet: tuple[seawall.Registry, seawall.Registry],
-    meter: MeterProcess,
+    meter: MeterChild,
     upstream: FaultyUpstream,
 ) -> None:
     a, b = fleet
@@ -362,3 +330,102 @@ async def test_two_replicas_hold_the_global_cap_and_the_second_follows_the_first
     assert summary["second"]["cause"] == "shared"
     assert summary["second"]["calls_before_open"] == 0
     assert summary["second"]["calls_after_first_opened"] == 0
+
+
+# -- the runner's side --------------------------------------------------------------------------
+
+
+def test_the_replicas_stats_read_as_one_shops() -> None:
+    one = {
+        "dependencies": {
+            "payments": {
+                "outcomes": {"success": 3, "timeout": 1},
+                "retries": 1,
+                "fallbacks": 0,
+                "breaker": "open",
+                "bulkhead_in_use": 2,
+                "bulkhead_limit": 20,
+                "bulkhead_min_rtt_ms": 4.0,
+            }
+        },
+        "orders": {"paid": 7},
+        "verified": {"succeeded": 1},
+    }
+    two = {
+        "dependencies": {
+            "payments": {
+                "outcomes": {"success": 2, "circuit_open": 5},
+                "retries": 0,
+                "fallbacks": 0,
+                "breaker": "closed",
+                "bulkhead_in_use": 1,
+                "bulkhead_limit": 20,
+                "bulkhead_min_rtt_ms": None,
+            }
+        },
+        "orders": {"paid": 7},  # one database for both replicas
+        "verified": {"succeeded": 2, "not_applied": 1},
+    }
+    merged = replicas.merge_stats([one, two])
+    assert merged == {
+        "dependencies": {
+            "payments": {
+                "outcomes": {"success": 5, "timeout": 1, "circuit_open": 5},
+                "retries": 1,
+                "fallbacks": 0,
+                "breaker": "open/closed",
+                "bulkhead_in_use": 3,
+                "bulkhead_limit": 40,
+                "bulkhead_min_rtt_ms": 4.0,
+            }
+        },
+        "orders": {"paid": 7},
+        "verified": {"succeeded": 3, "not_applied": 1},
+    }
+    assert replicas.merge_stats([one, one])["dependencies"]["payments"]["breaker"] == "open"
+    assert replicas.merge_stats([{}, {}]) == {}
+
+
+def test_the_providers_trouble_begins_with_the_first_phase_that_is_not_ok() -> None:
+    phases = [("healthy", 0.0, 2.0), ("slow", 2.0, 5.0), ("recovered", 5.0, 8.0)]
+    assert replicas.failing_since(phases, ["ok", "latency 10", "ok"]) == 2.0
+    assert replicas.failing_since(phases, ["ok", "ok", "ok"]) is None
+
+
+def test_a_fleet_needs_two_replicas() -> None:
+    with pytest.raises(ReplicasError, match="at least 2, got 1"):
+        replicas.Fleet(1)
+
+
+@pytest.mark.anyio
+async def test_a_fleets_summary_reads_the_meters_and_the_breakers_it_watched(
+    redis_url: str, upstream: FaultyUpstream
+) -> None:
+    fleet = replicas.Fleet(2, redis_url)
+    try:
+        assert fleet.start_redis() == redis_url
+        assert fleet.redis == "given"
+        assert fleet.env() == {
+            "SEAWALL_DEMO_REDIS": redis_url,
+            "SEAWALL_DEMO_NAMESPACE": fleet.namespace,
+        }
+        started = time.monotonic()
+        urls = fleet.meter("seawall", upstream.url)
+        upstream.route("/charges", Fault.latency(0.1))
+        async with httpx.AsyncClient() as client:
+            async with anyio.create_task_group() as tg:
+                for url in (*urls, urls[0]):
+                    tg.start_soon(client.post, url + "/charges")
+            # Nothing serves /_resilience/ here: the watch sees no opening.
+            await fleet.watch(client, urls, end=time.monotonic() + 0.05)
+        summary = fleet.summary(started, since=0.0)
+    finally:
+        fleet.stop()
+    assert summary == {
+        "count": 2,
+        "redis": "given",
+        "global_cap": GLOBAL_CAP,
+        "provider_peak_concurrency": {"seawall": 3},
+        "payments_requests_by_replica": {"seawall": [2, 1]},
+        "breaker_followed": None,
+    }

@@ -40,6 +40,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
+import httpx
+
 import seawall
 
 __all__ = [
@@ -628,18 +631,18 @@ class Fleet:
             self._embedded.stop()
             self._embedded = None
 
-    async def watch(self, client: Any, urls: Sequence[str], end: float, every: float = 0.1) -> None:
+    async def watch(
+        self, client: httpx.AsyncClient, urls: Sequence[str], end: float, every: float = 0.1
+    ) -> None:
         """Poll the seawall replicas' snapshots until *end*, noting when each one's
         payments breaker opens and why (``cause``: its own calls, or the verdict)."""
-        import anyio
-
         while time.monotonic() < end:
             for i, url in enumerate(urls):
                 try:
                     response = await client.get(url + "/_resilience/", timeout=2.0)
                     payments = response.json()["dependencies"]["payments"]
-                except Exception:  # a replica busy or starting: the next poll
-                    continue
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    continue  # a replica busy or starting: the next poll
                 state = (payments.get("breaker") or {}).get("state")
                 if state == "open" and self._seen.get(i) != "open":
                     cause = (payments.get("shared") or {}).get("cause")
