@@ -41,7 +41,7 @@ import redis
 from _common import Case, contention, machine_summary, measure, print_table, quantile, versions
 
 import seawall
-from seawall._shared._lua import SYNC
+from seawall._shared._lua import SUMMARY, SYNC
 from seawall.redis import RedisState
 
 NO_TIMEOUTS = seawall.Timeouts(
@@ -418,31 +418,37 @@ async def paused_run(
 # -- 4. sync at scale ---------------------------------------------------------------------------
 
 
-def sync_at_scale(server: Server, replicas: int, deps: int, rounds: int, changed: int) -> float:
+def sync_at_scale(
+    server: Server, replicas: int, deps: int, rounds: int, changed: int, *, mode: str = "0"
+) -> float:
     """Redis CPU (us) per sync script run by *replicas* replicas of *deps* dependencies
-    each, *changed* of which changed since the replica's last sync."""
+    each, *changed* of which changed since the replica's last sync. *mode* "1": a
+    registration (every dependency sent, the record's entries returned); "2": a lease
+    renewal (the record's entries returned); "0": a plain sync."""
     client = server.client
     client.script_load(SYNC.source)
-    key = f"{{seawall:bench-scale-{changed}}}"
+    key = f"{{seawall:bench-scale-{changed}-{mode}}}"
     names = [f"dep{i}" for i in range(deps)]
 
-    def args(i: int, r: int, epoch: str, n_changed: int) -> list[Any]:
-        head = [f"replica-{i}", "", 5000, f"{i:04x}{r:04x}", epoch, "1" if r == 0 else "0"]
+    def args(i: int, r: int, epoch: str, n_changed: int, mode: str) -> list[Any]:
+        nonce = (i << 16) + r + 1
+        head = [f"replica-{i}", "", 5000, nonce, epoch, mode]
         body: list[Any] = [n_changed]
         for d in names[:n_changed]:
             # tripped flips now and then, released grows: the counts really move
-            body += [d, int((i + r) % 2 == 0), 1, r, 3, 0, 40, "", 0]
+            body += [d, SUMMARY.pack(int((i + r) % 2 == 0), 1, r, 3, 0, 40, 0, 0)]
         return [*head, *body, 0, *names]
 
     epochs = []
-    for i in range(replicas):  # registration (a full sync), not measured
-        reply = client.evalsha(SYNC.sha, 1, key, *args(i, 0, "", deps))
+    for i in range(replicas):  # registration, not measured
+        reply = client.evalsha(SYNC.sha, 1, key, *args(i, 0, "", deps, "1"))
         epochs.append(reply[0].decode())
     before = client.info("commandstats")["cmdstat_evalsha"]
     for r in range(1, rounds + 1):
         pipe = client.pipeline(transaction=False)
         for i in range(replicas):
-            pipe.evalsha(SYNC.sha, 1, key, *args(i, r, epochs[i], changed))
+            n = deps if mode == "1" else changed
+            pipe.evalsha(SYNC.sha, 1, key, *args(i, r, epochs[i], n, mode))
         pipe.execute()
     after = client.info("commandstats")["cmdstat_evalsha"]
     return (after["usec"] - before["usec"]) / (after["calls"] - before["calls"])
@@ -509,9 +515,14 @@ async def main() -> None:
 
         r, d = (100, 10)
         print(f"\n4. sync at scale, {r} replicas x {d} dependencies: Redis CPU per sync")
+        n_rounds = 5 if args.quick else 20
         for changed in (0, 1, d):
-            usec = sync_at_scale(server, r, d, 5 if args.quick else 20, changed)
+            usec = sync_at_scale(server, r, d, n_rounds, changed)
             print(f"  {changed:>2} of {d} dependencies changed since the last sync: {usec:6.1f} us")
+        usec = sync_at_scale(server, r, d, n_rounds, 0, mode="2")
+        print(f"  lease renewal (once per lease), none changed:     {usec:6.1f} us")
+        usec = sync_at_scale(server, r, d, n_rounds, d, mode="1")
+        print(f"  registration (once per replica start), all {d} sent: {usec:6.1f} us")
     finally:
         server.stop()
 

@@ -113,6 +113,14 @@ class RedisState(SharedState):
             problems.append(
                 ("cache_secret", "must be a string of at least 16 characters", "[secret]")
             )
+        if client is not None and _decodes(client):
+            problems.append(
+                (
+                    "client",
+                    "must return bytes (decode_responses=False): the scripts reply in binary",
+                    "decode_responses=True",
+                )
+            )
         if time not in ("server", "client"):
             problems.append(("time", "must be 'server' or 'client'", time))
         if clock is not None and not (hasattr(clock, "now") and hasattr(clock, "sleep")):
@@ -211,7 +219,7 @@ class RedisState(SharedState):
             self._owned = False
             await client.aclose()
 
-    async def _eval(self, script: Script, args: Sequence[str | int | float]) -> Any:
+    async def _eval(self, script: Script, args: Sequence[str | int | float | bytes]) -> Any:
         from redis.exceptions import NoScriptError
 
         client = self._client
@@ -233,6 +241,12 @@ class RedisState(SharedState):
         pipe.get(key)
         pipe.pttl(key)
         value, pttl = await pipe.execute()
-        if isinstance(value, str):  # a client given with decode_responses=True
-            value = value.encode("latin-1")
         return value, int(pttl)
+
+
+def _decodes(client: Any) -> bool:
+    """Whether a redis-py client decodes its replies (``decode_responses=True``)."""
+    try:
+        return bool(client.get_connection_kwargs().get("decode_responses"))
+    except Exception:  # not a redis-py client: it is the caller's to get right
+        return False

@@ -4,13 +4,13 @@ Every coordination key of a namespace shares one hash tag, ``{seawall:<ns>}``
 (``KEYS[1]``), so each script touches one slot, Redis Cluster included::
 
     P:live          ZSET  replica -> last heartbeat (ms)
-    P:r:<replica>   HASH  the replica's record: "_g" its epoch, and per
-                          dependency "tripped evidence granted released demand
-                          generation"
-    P:agg           HASH  per dependency, "generation live tripped evidence
-                          slots demand pressure-until override-mode override-id
-                          override-until"
-    P:sweep         STR   when the next sweep is due (ms)
+    P:r:<replica>   HASH  the replica's record: "\\0g" its epoch, and per
+                          dependency an ENTRY (tripped, evidence, granted,
+                          released, demand, generation)
+    P:agg           HASH  per dependency an AGGREGATE (generation, live,
+                          tripped, evidence, slots, demand, pressure until,
+                          override mode, override id, override until), and
+                          "\\0s": when the next sweep is due (ms)
     P:g:<dep>       STR   the GCRA theoretical arrival time (us)
 
 A sync applies the change from the replica's previous record to the
@@ -28,14 +28,44 @@ release sent twice counts once. An aggregate carries a generation: a record
 entry counted under another generation (the aggregate was lost) is counted
 anew instead of being subtracted from counts that never held it. Replicas
 silent for the lease are swept every half lease, and on a refused grant.
+
+Records, aggregates and the summaries a sync carries are fixed-size binary
+structs (Lua's ``struct``, Python's :mod:`struct`, little-endian), not text:
+``string.match`` and ``tonumber`` on ten fields, and ``table.concat`` of
+numbers (one ``sprintf`` each), cost about 1.7-1.9 us each per record in
+Redis, against 0.35-0.4 us for ``struct.unpack``/``struct.pack``. A value of
+another size (an older layout) reads as missing: counted anew, like a lost one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass, field
 
-__all__ = ["GCRA", "LEAVE", "SLOTS", "SYNC", "Script"]
+__all__ = [
+    "AGGREGATE",
+    "ENTRY",
+    "GCRA",
+    "LEAVE",
+    "OVERRIDES",
+    "SLOTS",
+    "SUMMARY",
+    "SYNC",
+    "Script",
+]
+
+#: An aggregate: generation, live, tripped, evidence, slots, demand, pressure
+#: until (ms), override mode (0: none), override id, override until (ms, 0: none).
+AGGREGATE = struct.Struct("<diiiiidiid")
+#: A record entry: tripped, evidence, granted, released (cumulative), demand,
+#: the generation of the aggregate that counts it.
+ENTRY = struct.Struct("<iiddid")
+#: What a sync carries per changed dependency: tripped, evidence, released (in
+#: all), in use, demand, cap, override asked (0: none), its ttl in ms (0: none).
+SUMMARY = struct.Struct("<iidiiiid")
+#: Override modes as the scripts store them (0: none).
+OVERRIDES = {"forced_open": 1, "disabled": 2, "reset": 3, "forced_closed": 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,25 +96,25 @@ local keep = math.ceil(ttl * 3)
 local live = P .. ':live'
 local AGG = P .. ':agg'
 
+local AF, EF = '<diiiiidiid', '<iiddid'
 -- An aggregate: generation, live, tripped, evidence, slots, demand, pressure
--- until, override mode ('-': none), override id, override until (0: none).
+-- until, override mode (0: none), override id, override until (0: none).
+-- Anything else than its size (lost, or an older layout) reads as missing.
 local function agg_parse(s)
-  if not s then return nil end
-  local ag, l, t, e, sl, d, pu, ovm, ovi, ovu = string.match(s,
-    '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
-  return {ag, tonumber(l), tonumber(t), tonumber(e), tonumber(sl), tonumber(d),
-          tonumber(pu), ovm, tonumber(ovi), tonumber(ovu)}
+  if not s or #s ~= 52 then return nil end
+  return {struct.unpack(AF, s)}
 end
-local function agg_text(a) return table.concat(a, ' ') end
+local function agg_pack(a)
+  return struct.pack(AF, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10])
+end
 
 -- A record entry: tripped, evidence, granted, released, demand, the
 -- generation of the aggregate that counts it.
 local function ent_parse(s)
-  if not s then return nil end
-  local t, e, gt, rt, dm, ag = string.match(s, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
-  return {tonumber(t), tonumber(e), tonumber(gt), tonumber(rt), tonumber(dm), ag}
+  if not s or #s ~= 36 then return nil end
+  return {struct.unpack(EF, s)}
 end
-local function ent_text(v) return table.concat(v, ' ') end
+local function ent_pack(v) return struct.pack(EF, v[1], v[2], v[3], v[4], v[5], v[6]) end
 
 -- Take record entries out of the aggregates that count them; HSET the changes.
 local function subtract(deps, ents)
@@ -100,7 +130,7 @@ local function subtract(deps, ents)
       a[5] = a[5] - (v[3] - v[4])
       a[6] = a[6] - v[5]
       upd[#upd + 1] = dep
-      upd[#upd + 1] = agg_text(a)
+      upd[#upd + 1] = agg_pack(a)
     end
   end
   if #upd > 0 then redis.call('HSET', AGG, unpack(upd)) end
@@ -110,7 +140,7 @@ local function forget(rkey)
   local flat = redis.call('HGETALL', rkey)
   local deps, ents = {}, {}
   for i = 1, #flat, 2 do
-    if flat[i] ~= '_g' then
+    if flat[i] ~= '\0g' then
       deps[#deps + 1] = flat[i]
       ents[#ents + 1] = ent_parse(flat[i + 1])
     end
@@ -130,91 +160,105 @@ local function sweep()
   -- The aggregates and the live set stay alive while any replica syncs.
   redis.call('PEXPIRE', AGG, keep)
   redis.call('PEXPIRE', live, keep)
-  redis.call('SET', P .. ':sweep', tostring(now + ttl / 2), 'PX', keep)
+  redis.call('HSET', AGG, '\0s', tostring(now + ttl / 2))
   return #gone
 end
 """
 
-# ARGV[4] nonce, ARGV[5] the replica's epoch, ARGV[6] '1' for a full sync,
-# ARGV[7] n changed dependencies, then n x [dep, tripped, evidence, released,
-# in use, demand, cap, override mode ('' none), override ttl ms], then
-# k gone and k names, then every dependency's name (for the reply).
+# ARGV[4] nonce (an integer in [1, 2^40)), ARGV[5] the replica's epoch, ARGV[6]
+# '1' to register (every dependency sent), '2' to renew the lease, '0' else;
+# ARGV[7] n changed dependencies, then n x [dep, SUMMARY], then k gone and k
+# names, then every dependency's name (for the reply).
 # Returns {'full'} when the record is missing (or of another epoch) and the
-# sync was not full; else {epoch, live replicas, now, aggregates, entries}:
-# the raw aggregate strings of every dependency named, and (full syncs only)
-# its record entries.
+# sync does not register; else {epoch, live replicas, now, aggregates,
+# entries}: the AGGREGATE of every dependency named, and (registering or
+# renewing only) its ENTRY.
 SYNC = Script(
     "sync",
     _PREAMBLE
     + r"""
-local nonce, epoch, full = ARGV[4], ARGV[5], ARGV[6] == '1'
+local nonce, epoch, mode = ARGV[4], ARGV[5], ARGV[6]
 local nch = tonumber(ARGV[7])
-local at = 8 + nch * 9
+local at = 8 + nch * 2
 local ngone = tonumber(ARGV[at])
 local first = at + 1 + ngone
+local nall = #ARGV - first + 1
 
-local due = tonumber(redis.call('GET', P .. ':sweep') or '0')
-if now >= due then sweep() end
+-- One read of the aggregates: when the next sweep is due, and every
+-- dependency's aggregate (the changed ones' to update, the rest to return).
+local aggregates = redis.call('HMGET', AGG, '\0s', unpack(ARGV, first))
+if now >= tonumber(aggregates[1] or '0') then
+  sweep()
+  aggregates = redis.call('HMGET', AGG, '\0s', unpack(ARGV, first))
+end
+table.remove(aggregates, 1)
 
 local rkey = P .. ':r:' .. rid
-local g = redis.call('HGET', rkey, '_g')
+local names = {}
+for i = 1, nch do names[i] = ARGV[6 + i * 2] end
+local ents = redis.call('HMGET', rkey, '\0g', unpack(names))
+local g = ents[1]
 if not g then
   -- (Re-)registering: only a full sync carries every dependency's calls in flight.
-  if not full then return {'full'} end
+  if mode ~= '1' then return {'full'} end
   g = nonce
-  redis.call('HSET', rkey, '_g', g)
-elseif g ~= epoch and not full then
+  redis.call('HSET', rkey, '\0g', g)
+elseif g ~= epoch and mode ~= '1' then
   return {'full'}
 end
 
 -- Generations come from the replica's random nonce: unique even when a
 -- wiped server sees the same time again.
-local made = 0
+local made, base = 0, tonumber(nonce) * 4096
+local entries = {}
 if nch > 0 then
-  local names = {}
-  for i = 0, nch - 1 do names[i + 1] = ARGV[8 + i * 9] end
-  local ents = redis.call('HMGET', rkey, unpack(names))
-  local aggs = redis.call('HMGET', AGG, unpack(names))
-  local au, ru = {}, {}
+  local au, ru, pos = {}, {}, {}
+  for j = 1, nall do pos[ARGV[first + j - 1]] = j end
   for i = 1, nch do
-    local b = 8 + (i - 1) * 9
     local dep = names[i]
-    local t, e, rel = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-    local inuse, dm, cap = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
-    local a = agg_parse(aggs[i])
-    if not a then
-      made = made + 1
-      a = {nonce .. '-' .. made, 0, 0, 0, 0, 0, 0, '-', 0, 0}
-    end
-    local old = ent_parse(ents[i])
-    local gt, rt = 0, 0
-    if not old then
-      -- New here: hold the calls in flight, as far as the cap allows.
-      if cap > 0 then gt = math.max(0, math.min(inuse, cap - a[5])) end
-      old = {0, 0, 0, 0, 0, ''}
+    local t, e, rel, inuse, dm, cap, ask, ms = struct.unpack('<iidiiiid', ARGV[7 + i * 2])
+    local j = pos[dep]
+    local raw
+    if j then raw = aggregates[j] else raw = redis.call('HGET', AGG, dep) end
+    local ag, l, tr, ev, sl, dem, pu, ovm, ovi, ovu
+    if raw and #raw == 52 then
+      ag, l, tr, ev, sl, dem, pu, ovm, ovi, ovu = struct.unpack(AF, raw)
     else
-      gt = old[3]
-      rt = math.max(old[4], math.min(rel, gt))
+      made = made + 1
+      ag, l, tr, ev, sl, dem, pu, ovm, ovi, ovu = base + made, 0, 0, 0, 0, 0, 0, 0, 0, 0
     end
-    if old[6] ~= a[1] then
+    local old = ents[i + 1]
+    local ot, oe, ogt, ort, odm, oag = 0, 0, 0, 0, 0, -1
+    local gt, rt = 0, 0
+    if old and #old == 36 then
+      ot, oe, ogt, ort, odm, oag = struct.unpack(EF, old)
+      gt = ogt
+      rt = math.max(ort, math.min(rel, gt))
+    elseif cap > 0 then
+      -- New here: hold the calls in flight, as far as the cap allows.
+      gt = math.max(0, math.min(inuse, cap - sl))
+    end
+    if oag ~= ag then
       -- Not counted in this aggregate (new, or it was lost): counted anew.
-      a[2] = a[2] + 1
-      old = {0, 0, 0, 0, 0, a[1]}
+      l = l + 1
+      ot, oe, ogt, ort, odm = 0, 0, 0, 0, 0
     end
-    a[3] = a[3] + t - old[1]
-    a[4] = a[4] + e - old[2]
-    a[5] = a[5] + (gt - rt) - (old[3] - old[4])
-    a[6] = a[6] + dm - old[5]
-    local mode = ARGV[b + 7]
-    if mode ~= '' then
-      local ms = tonumber(ARGV[b + 8])
-      a[8], a[9], a[10] = mode, a[9] + 1, 0
-      if ms > 0 then a[10] = now + ms end
+    tr = tr + t - ot
+    ev = ev + e - oe
+    sl = sl + (gt - rt) - (ogt - ort)
+    dem = dem + dm - odm
+    if ask ~= 0 then
+      ovm, ovi, ovu = ask, ovi + 1, 0
+      if ms > 0 then ovu = now + ms end
     end
-    au[#au + 1] = dep
-    au[#au + 1] = agg_text(a)
-    ru[#ru + 1] = dep
-    ru[#ru + 1] = ent_text({t, e, gt, rt, dm, a[1]})
+    local packed = struct.pack(AF, ag, l, tr, ev, sl, dem, pu, ovm, ovi, ovu)
+    local entry = struct.pack(EF, t, e, gt, rt, dm, ag)
+    if j then
+      aggregates[j] = packed
+      entries[j] = entry
+    end
+    au[i * 2 - 1], au[i * 2] = dep, packed
+    ru[i * 2 - 1], ru[i * 2] = dep, entry
   end
   redis.call('HSET', AGG, unpack(au))
   redis.call('HSET', rkey, unpack(ru))
@@ -222,25 +266,33 @@ if nch > 0 then
 end
 if ngone > 0 then
   -- Dependencies this replica no longer serves.
-  local names = {}
-  for i = 1, ngone do names[i] = ARGV[at + i] end
-  local raw = redis.call('HMGET', rkey, unpack(names))
-  local ents = {}
-  for i = 1, ngone do ents[i] = ent_parse(raw[i]) end
-  subtract(names, ents)
-  redis.call('HDEL', rkey, unpack(names))
+  local gone = {}
+  for i = 1, ngone do gone[i] = ARGV[at + i] end
+  local raw = redis.call('HMGET', rkey, unpack(gone))
+  local old = {}
+  for i = 1, ngone do old[i] = ent_parse(raw[i]) end
+  subtract(gone, old)
+  redis.call('HDEL', rkey, unpack(gone))
 end
 if redis.call('ZADD', live, now, rid) == 1 then redis.call('PEXPIRE', live, keep) end
 local n = redis.call('ZCARD', live)
-local entries = {}
-if full then
-  -- Every lease: the record's TTL, and its entries (granted and released in
-  -- all) so that the replica makes good any grant whose reply it lost.
-  redis.call('PEXPIRE', rkey, keep)
-  if #ARGV >= first then entries = redis.call('HMGET', rkey, unpack(ARGV, first)) end
+
+if mode == '0' then return {g, n, tostring(now), aggregates, {}} end
+-- Every lease: the record's TTL, and its entries (granted and released in
+-- all) so that the replica makes good any grant whose reply it lost.
+redis.call('PEXPIRE', rkey, keep)
+local miss, mj = {}, {}
+for j = 1, nall do
+  if not entries[j] then
+    miss[#miss + 1] = ARGV[first + j - 1]
+    mj[#mj + 1] = j
+  end
 end
-if #ARGV < first then return {g, n, tostring(now), {}, entries} end
-return {g, n, tostring(now), redis.call('HMGET', AGG, unpack(ARGV, first)), entries}
+if #miss > 0 then
+  local got = redis.call('HMGET', rkey, unpack(miss))
+  for k = 1, #miss do entries[mj[k]] = got[k] end
+end
+return {g, n, tostring(now), aggregates, entries}
 """,
 )
 
@@ -253,7 +305,7 @@ SLOTS = Script(
     + r"""
 local dep, op, n, cap, epoch = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local rkey = P .. ':r:' .. rid
-local r = redis.call('HMGET', rkey, '_g', dep)
+local r = redis.call('HMGET', rkey, '\0g', dep)
 local v, a = ent_parse(r[2]), agg_parse(redis.call('HGET', AGG, dep))
 if r[1] ~= epoch or not v or not a or a[1] ~= v[6] then return {-1, r[1] or '', 0} end
 if op == 'r' then
@@ -261,29 +313,29 @@ if op == 'r' then
   if rt ~= v[4] then
     a[5] = a[5] - (rt - v[4])
     v[4] = rt
-    redis.call('HSET', AGG, dep, agg_text(a))
-    redis.call('HSET', rkey, dep, ent_text(v))
+    redis.call('HSET', AGG, dep, agg_pack(a))
+    redis.call('HSET', rkey, dep, ent_pack(v))
   end
   return {0, epoch, v[3]}
 end
 local avail = cap - a[5]
 if avail <= 0 and sweep() > 0 then
   -- Slots of dead replicas freed (this one may have been swept too).
-  r = redis.call('HMGET', rkey, '_g', dep)
+  r = redis.call('HMGET', rkey, '\0g', dep)
   v, a = ent_parse(r[2]), agg_parse(redis.call('HGET', AGG, dep))
   if r[1] ~= epoch or not v or not a or a[1] ~= v[6] then return {-1, r[1] or '', 0} end
   avail = cap - a[5]
 end
 if avail <= 0 then
   a[7] = now + tonumber(ARGV[9])
-  redis.call('HSET', AGG, dep, agg_text(a))
+  redis.call('HSET', AGG, dep, agg_pack(a))
   return {0, epoch, v[3]}
 end
 local g = math.min(n, avail)
 v[3] = v[3] + g
 a[5] = a[5] + g
-redis.call('HSET', AGG, dep, agg_text(a))
-redis.call('HSET', rkey, dep, ent_text(v))
+redis.call('HSET', AGG, dep, agg_pack(a))
+redis.call('HSET', rkey, dep, ent_pack(v))
 return {g, epoch, v[3]}
 """,
 )

@@ -167,7 +167,7 @@ class SharedState:
     async def _close(self) -> None:
         raise NotImplementedError
 
-    async def _eval(self, script: Script, args: Sequence[str | int | float]) -> Any:
+    async def _eval(self, script: Script, args: Sequence[str | int | float | bytes]) -> Any:
         """EVALSHA *script* with ``KEYS[1]`` = the namespace's tag (loaded again on NOSCRIPT)."""
         raise NotImplementedError
 
@@ -272,7 +272,7 @@ class SharedState:
     def _head(self) -> list[str | int | float]:
         return [self.replica, self.now_ms(), round(self.lease_ttl * 1000)]
 
-    async def _op(self, op: str, script: Script, args: Sequence[str | int | float]) -> Any:
+    async def _op(self, op: str, script: Script, args: Sequence[str | int | float | bytes]) -> Any:
         """Run one script under the backend's breaker; raise Unavailable if it cannot."""
         return await self._run(op, lambda: self._eval(script, args))
 
@@ -415,20 +415,23 @@ class SharedState:
         summaries = {name: _summary(rt) for name, rt in runtimes.items()}
         asks = dict(self._asks)
         now = self.clock.now()
-        full = not self._epoch or now - self._last_full >= self.lease_ttl
+        # Register (every dependency sent) first; renew the lease (the record's
+        # entries back) every lease_ttl; else only what changed.
+        mode = "1" if not self._epoch else "2" if now - self._last_full >= self.lease_ttl else "0"
         started = time.perf_counter()
         try:
-            reply = await self._op("sync", SYNC, self._sync_args(summaries, asks, full))
+            reply = await self._op("sync", SYNC, self._sync_args(summaries, asks, mode))
             if len(reply) == 1:  # the record is gone (wiped, swept): register again
-                full = True
-                reply = await self._op("sync", SYNC, self._sync_args(summaries, asks, full))
+                mode = "1"
+                reply = await self._op("sync", SYNC, self._sync_args(summaries, asks, mode))
         except Unavailable:
             return False
         instruments = _telemetry.metrics_for(self)
         if instruments is not None:
             instruments.sync_duration.record(time.perf_counter() - started)
-        if full:
+        if mode != "0":
             self._last_full = now
+        if mode == "1":
             self._acked.clear()
         for name, ask in asks.items():
             if self._asks.get(name) == ask:
@@ -445,24 +448,25 @@ class SharedState:
         self,
         summaries: dict[str, list[int]],
         asks: dict[str, tuple[str, int]],
-        full: bool,
+        mode: str,
     ) -> list[str | int | float | bytes]:
-        """The sync script's arguments: every changed dependency (all when *full*)."""
+        """The sync script's arguments: every changed dependency (all when registering,
+        *mode* "1")."""
         acked, dirty = self._acked, self._dirty
         changed: list[str | int | float | bytes] = []
         self._sending = sending = []
         for name, summary in summaries.items():
             ask = asks.get(name)
-            if full or ask or name in dirty or acked.get(name) != _key(summary):
+            if mode == "1" or ask or name in dirty or acked.get(name) != _key(summary):
                 sending.append(name)
-                mode, ttl = (OVERRIDES[ask[0]], ask[1]) if ask else (0, 0)
-                changed += [name, SUMMARY.pack(*summary, mode, ttl)]
+                code, ttl = (OVERRIDES[ask[0]], ask[1]) if ask else (0, 0)
+                changed += [name, SUMMARY.pack(*summary, code, ttl)]
         gone = [name for name in acked if name not in summaries]
         return [
             *self._head(),
             secrets.randbelow(2**40 - 1) + 1,
             self._epoch,
-            "1" if full else "0",
+            mode,
             len(sending),
             *changed,
             len(gone),
