@@ -333,7 +333,9 @@ async def paid(outbox: Outbox, entry: Entry, response: Any, session: AsyncSessio
     metadata = entry.metadata or {}
     order = await session.get(OrderRecord, metadata.get("order_id"))
     if order is None:
-        return
+        # Charged, yet no such order here: only a person can sort that out. The
+        # outbox flags the entry (never resent), and reconcile lists it.
+        raise LookupError(f"no order {metadata.get('order_id')!r} for this {metadata.get('kind')}")
     body = _json(response) if isinstance(response, httpx.Response) else response
     if metadata.get("kind") == CANCEL:
         order.detail = "the charge was cancelled at the provider"

@@ -16,7 +16,10 @@ from typing import Any
 
 import anyio
 import pytest
+import sqlalchemy as sa
 from example_shop_harness import ROOT, OpenShop, Shop, merge
+from examples.fastapi_app.shop import OrderRecord
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from seawall.testing import Fault, FaultyUpstream
 
@@ -278,6 +281,27 @@ async def test_reconcile_by_hand_settles_an_unknown_charge(shop: Shop) -> None:
     ]
     assert (await shop.order("o-9"))["status"] == "paid"
     assert shop.payments.charge_counts() == {"o-9": 1}
+
+
+async def test_reconcile_exits_3_when_a_charge_needs_a_person(shop: Shop) -> None:
+    await accepted(shop, "o-10")
+    async with AsyncSession(shop.outbox.engine) as session, session.begin():
+        await session.execute(sa.delete(OrderRecord).where(OrderRecord.order_id == "o-10"))
+    await shop.dispatch()  # charged, and on_success finds no order: flagged, never resent
+
+    payments = (await shop.outbox.status())["dependencies"]["payments"]
+    assert set(payments) == {"succeeded"}
+    assert payments["succeeded"]["needs_attention"] == 1
+    assert shop.payments.charge_counts() == {"o-10": 1}
+    result = cli(shop, "reconcile")
+
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.splitlines() == [
+        "checked: compensations 0, pending_past_max_age 0, unknown 0",
+        "  no changes",
+        "needs a person: entry 1 (payments, succeeded): on_success raised LookupError: "
+        "no order 'o-10' for this charge",
+    ]
 
 
 # -- notifications ---------------------------------------------------------------------
