@@ -41,7 +41,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import seawall
 import seawall.asgi
-from seawall.outbox import Entry, Failure, IdempotencyKeyReusedError, Outbox, Verdict, outbox_table
+from seawall.outbox import Entry, Failure, Outbox, OutboxError, Verdict, outbox_table
 
 __all__ = [
     "ACCEPTED",
@@ -265,8 +265,9 @@ async def pay(order: Order, *, outbox: Outbox) -> Answer:
                 charge_entry=charge.id,
             )
             session.add(record)
-    except (IntegrityError, IdempotencyKeyReusedError):
-        # Another request for the same order id committed first.
+    except (IntegrityError, OutboxError):
+        # Another request for the same order id committed first (its order row,
+        # or its charge's idempotency key, is there now).
         async with _session(outbox) as session:
             existing = await session.get(OrderRecord, order.order_id)
         if existing is None:

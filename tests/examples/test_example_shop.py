@@ -227,6 +227,32 @@ async def test_the_dispatcher_in_the_apps_lifespan_charges_on_its_own(
     assert running.payments.charge_counts() == {"o-8": 1}
 
 
+async def test_concurrent_and_repeated_orders_are_each_charged_once(
+    open_shop: OpenShop, settings: dict[str, Any]
+) -> None:
+    """Every order posted twice at once, all of them together, the app's own
+    dispatcher sending as they commit: every answer a 202, one charge an order."""
+    orders = [f"c-{i}" for i in range(30)]
+    async with open_shop(settings, dispatch=True) as running:
+        answers: list[int] = []
+
+        async def pay(order_id: str) -> None:
+            response = await running.client.post("/pay", json=order(order_id))
+            answers.append(response.status_code)
+
+        async with anyio.create_task_group() as tg:
+            for order_id in orders * 2:
+                tg.start_soon(pay, order_id)
+
+        assert answers == [202] * len(orders) * 2
+        deadline = time.monotonic() + 20.0
+        while len(running.payments.charge_counts()) < len(orders):
+            assert time.monotonic() < deadline, running.payments.charge_counts()
+            await anyio.sleep(0.02)
+    assert running.payments.charge_counts() == dict.fromkeys(orders, 1)
+    assert len(posts(running)) == len(orders)
+
+
 async def test_invalid_order_id_is_refused_before_anything_is_written(shop: Shop) -> None:
     response = await shop.client.post("/pay", json=order("../admin"))
 
