@@ -305,6 +305,9 @@ async def test_reconcile_by_hand_settles_an_unknown_charge(shop: Shop) -> None:
         "checked: compensations 0, pending_past_max_age 0, unknown 1",
         "  unknown->succeeded: 1",
     ]
+    # What the README shows for this very run.
+    readme = (ROOT / "examples" / "fastapi_app" / "README.md").read_text()
+    assert f"--older-than 0s\n{result.stdout}$ echo $?\n0\n" in readme
     assert (await shop.order("o-9"))["status"] == "paid"
     assert shop.payments.charge_counts() == {"o-9": 1}
 
