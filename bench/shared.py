@@ -270,8 +270,10 @@ async def hot_path(
     return results, counting
 
 
-async def strict_bulkhead(url: str, calls: int) -> tuple[float, float]:
-    """Strict mode (grant_step=1, idle_release=0): us and round trips per call."""
+async def strict_bulkhead(url: str, calls: int) -> dict[str, tuple[float, float]]:
+    """Strict mode (grant_step=1, idle_release=0): us (wall) and round trips per call,
+    back to back; with a turn of the event loop between calls (each call's slot goes
+    back before the next starts); and 8 tasks at once."""
     state = shared_state(url, "bench-strict")
     registry = seawall.Registry(state=state)
     g = registry.guard(
@@ -284,15 +286,41 @@ async def strict_bulkhead(url: str, calls: int) -> tuple[float, float]:
             ),
         ),
     )
+
+    async def back_to_back(n: int) -> None:
+        for _ in range(n):
+            await g.call(noop)
+
+    async def a_turn_between(n: int) -> None:
+        for _ in range(n):
+            await g.call(noop)
+            await asyncio.sleep(0)
+
+    async def eight_tasks(n: int) -> None:
+        async def one(k: int) -> None:
+            for _ in range(k):
+                await g.call(noop)
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(one(n // 8) for _ in range(8)))
+
+    out = {}
     async with registry:
         await g.call(noop)
-        before = sum(state.counters.round_trips.values())
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            await g.call(noop)
-        elapsed = time.perf_counter() - t0
-        trips = sum(state.counters.round_trips.values()) - before
-    return elapsed / calls * 1e6, trips / calls
+        for name, run in (
+            ("back to back", back_to_back),
+            ("a loop turn between calls", a_turn_between),
+            ("8 tasks, a loop turn between calls", eight_tasks),
+        ):
+            await asyncio.sleep(0.05)  # the last slot back
+            before = sum(state.counters.round_trips.values()) - state.counters.round_trips["sync"]
+            t0 = time.perf_counter()
+            await run(calls)
+            elapsed = time.perf_counter() - t0
+            await asyncio.sleep(0.05)  # count the last release too
+            after = sum(state.counters.round_trips.values()) - state.counters.round_trips["sync"]
+            out[name] = (elapsed / calls * 1e6, (after - before) / calls)
+    return out
 
 
 # -- 2. paced calls ------------------------------------------------------------------------
@@ -487,10 +515,11 @@ async def main() -> None:
         for registry in registries:
             await registry.aclose()
 
-        us, trips = await strict_bulkhead(server.url, 500 if args.quick else 2000)
-        print(
-            f"\nstrict global bulkhead (grant_step=1, idle_release=0): {us:.1f} us per call (wall), {trips:.2f} round trips per call"
-        )
+        print("\nstrict global bulkhead (grant_step=1, idle_release=0):")
+        for name, (us, trips) in (
+            await strict_bulkhead(server.url, 496 if args.quick else 2000)
+        ).items():
+            print(f"  {name:<36} {us:8.1f} us per call (wall), {trips:.2f} round trips per call")
 
         print(
             f"\n2. paced calls for {seconds:g} s: Redis round trips per call (the sync task's aside)"

@@ -231,3 +231,45 @@ async def test_over_its_grant_after_a_wipe_a_replica_starts_no_call(
             with pytest.raises(seawall.BulkheadFullError):
                 await a.succeed(1)
             gate.event.set()
+
+
+async def test_strict_mode_a_call_starting_in_the_same_turn_takes_the_slot_with_no_round_trip(
+    cluster: Cluster,
+) -> None:
+    (a,) = await cluster.add(capped(2, step=1, idle=0.0))
+    a.bulkhead.release(await a.bulkhead.acquire())  # one grant; the slot back at the turn's end
+    for _ in range(5):  # each takes the slot the previous one left, before it goes back
+        a.bulkhead.release(await a.bulkhead.acquire())
+    trips = a.state.counters.round_trips
+    assert trips["grant"] == 1
+    assert trips["release"] == 0
+    await until(lambda: a.bulkhead.held == 0 and a.bulkhead._flush is None)
+    assert trips["release"] == 1
+    await a.sync()
+    assert a.state.view("pay").slots == 0
+
+
+async def test_strict_mode_a_release_waiting_behind_one_in_flight_rides_on_the_next_grant(
+    own_redis: RedisServer, namespace: str, clock: ManualClock
+) -> None:
+    import contextlib
+
+    async with contextlib.AsyncExitStack() as stack:
+        cluster = Cluster(own_redis.url, namespace, clock, stack)
+        (a,) = await cluster.add(capped(4, step=1, idle=0.0))
+        bulkhead = a.bulkhead
+        first, second = await bulkhead.acquire(), await bulkhead.acquire()
+        trips = a.state.counters.round_trips
+        assert (trips["grant"], bulkhead.held) == (2, 2)
+        own_redis.slow(300)  # what is sent now waits: the release below stays in flight
+        bulkhead.release(first)
+        await until(lambda: bulkhead._flush is not None)
+        bulkhead.release(second)
+        await until(lambda: bulkhead._flush_again)  # a second release, held back
+        third = await bulkhead.acquire()  # a grant, carrying the second release
+        assert not bulkhead._flush_again
+        bulkhead.release(third)
+        await until(lambda: bulkhead.held == 0 and bulkhead._flush is None)
+        assert (trips["grant"], trips["release"]) == (3, 2)  # not 3 releases
+        await a.sync()
+        assert a.state.view("pay").slots == 0

@@ -55,6 +55,7 @@ class SharedBulkhead:
         "_configs",
         "_flush",
         "_flush_again",
+        "_giving_back",
         "_grant",
         "_grant_waiting",
         "_granted",
@@ -113,6 +114,7 @@ class SharedBulkhead:
         self._window_start = clock.now()
         self._flush: asyncio.Task[Any] | None = None
         self._flush_again = False
+        self._giving_back = False
         self._pressure = False
         self._view = DependencyView()
 
@@ -182,7 +184,16 @@ class SharedBulkhead:
         self._in_use -= 1
         if self._waiters:
             self._drain()
-        elif self.global_config.idle_release == 0:
+        elif self.global_config.idle_release == 0 and not self._giving_back:
+            # Strict mode: the slot goes back at the end of this turn of the event
+            # loop (when a background send would start anyway), unless a call
+            # starting in the meantime takes it: then no round trip at all.
+            self._giving_back = True
+            asyncio.get_running_loop().call_soon(self._give_back_idle)
+
+    def _give_back_idle(self) -> None:
+        self._giving_back = False
+        if not self._waiters:
             self._give_back(self._free())
 
     def observe(self, latency: float, timed_out: bool) -> None:
@@ -305,7 +316,12 @@ class SharedBulkhead:
             self._cap,
             max(self.global_config.grant_step or 1, self._grant_waiting + 1 + len(self._waiters)),
         )
-        task = self._grant = backend.spawn(backend.slots(self.dependency, "g", want, self._cap))
+        # A release waiting behind one in flight rides on the grant (cumulative
+        # counts: whichever lands first, each counts once).
+        self._flush_again = False
+        task = self._grant = backend.spawn(
+            backend.slots(self.dependency, "g", want, self._cap, self._released)
+        )
         task.add_done_callback(self._granted_now)
         return task
 

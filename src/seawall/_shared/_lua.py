@@ -297,7 +297,8 @@ return {g, n, tostring(now), aggregates, entries}
 )
 
 # ARGV[4] dep, ARGV[5] 'g' (grant ARGV[6] more) or 'r' (released ARGV[6] in
-# all), ARGV[7] cap, ARGV[8] epoch, ARGV[9] pressure ms.
+# all), ARGV[7] cap, ARGV[8] epoch, ARGV[9] pressure ms, and for 'g' ARGV[10]
+# released in all (a release riding on the grant; -1: none).
 # Returns {granted (-1: not registered), epoch, granted in all}.
 SLOTS = Script(
     "slots",
@@ -308,16 +309,17 @@ local rkey = P .. ':r:' .. rid
 local r = redis.call('HMGET', rkey, '\0g', dep)
 local v, a = ent_parse(r[2]), agg_parse(redis.call('HGET', AGG, dep))
 if r[1] ~= epoch or not v or not a or a[1] ~= v[6] then return {-1, r[1] or '', 0} end
-if op == 'r' then
-  local rt = math.max(v[4], math.min(n, v[3]))
-  if rt ~= v[4] then
-    a[5] = a[5] - (rt - v[4])
-    v[4] = rt
-    redis.call('HSET', AGG, dep, agg_pack(a))
-    redis.call('HSET', rkey, dep, ent_pack(v))
-  end
-  return {0, epoch, v[3]}
+local rel = n
+if op ~= 'r' then rel = tonumber(ARGV[10] or '-1') end
+local rt = math.max(v[4], math.min(rel, v[3]))
+if rt ~= v[4] then
+  -- Released (cumulative, so a release sent twice counts once), before any grant.
+  a[5] = a[5] - (rt - v[4])
+  v[4] = rt
+  redis.call('HSET', AGG, dep, agg_pack(a))
+  redis.call('HSET', rkey, dep, ent_pack(v))
 end
+if op == 'r' then return {0, epoch, v[3]} end
 local avail = cap - a[5]
 if avail <= 0 and sweep() > 0 then
   -- Slots of dead replicas freed (this one may have been swept too).

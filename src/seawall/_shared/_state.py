@@ -355,17 +355,18 @@ class SharedState:
             instruments.local_decisions.add(1, {"feature": feature})
 
     async def slots(
-        self, dependency: str, op: Literal["g", "r"], n: int, cap: int
+        self, dependency: str, op: Literal["g", "r"], n: int, cap: int, released: int = -1
     ) -> tuple[int, str, int]:
         """Grant up to *n* more slots ('g'), or report *n* released in all ('r').
 
+        A grant may carry the slots released in all (*released*), applied first.
         Returns (granted now, -1 if not registered; the record's epoch; granted in all).
         """
         pressure_ms = round(self.sync_interval * 2000)
         granted, epoch, total = await self._op(
             "grant" if op == "g" else "release",
             SLOTS,
-            [*self._head(), dependency, op, n, cap, self._epoch, pressure_ms],
+            [*self._head(), dependency, op, n, cap, self._epoch, pressure_ms, released],
         )
         return int(granted), _text(epoch), int(total)
 
