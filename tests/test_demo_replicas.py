@@ -8,6 +8,7 @@ temp dir); without one they skip, except under ``CI=true``, where they fail.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
@@ -34,6 +35,8 @@ from seawall._demo.replicas import (
     shared_registry,
 )
 from seawall.testing import Fault, FaultyUpstream
+
+DEMO = [sys.executable, "-m", "seawall", "demo"]
 
 
 @pytest.fixture
@@ -288,7 +291,7 @@ async def test_two_replicas_hold_the_global_cap_and_the_second_follows_the_first
     upstream: FaultyUpstream,
 ) -> None:
     a, b = fleet
-    # 30 charges on each replica, the provider taking 0.5 s: 60 against a cap of 20.
+    # 30 charges on each replica, the provider taking 0.5 s: 60 against the cap.
     upstream.route("/charges", Fault.latency(0.5))
     outcomes: list[str] = []
 
@@ -428,4 +431,5 @@ async def test_a_fleets_summary_reads_the_meters_and_the_breakers_it_watched(
         "provider_peak_concurrency": {"seawall": 3},
         "payments_requests_by_replica": {"seawall": [2, 1]},
         "breaker_followed": None,
+        "local_decisions": {},
     }
