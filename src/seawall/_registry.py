@@ -15,7 +15,7 @@ import sniffio
 import structlog
 
 from ._clock import MONOTONIC, Clock
-from ._config import Config, DependencySpec, Policy, load_config
+from ._config import Config, DependencySpec, Policy, StateSettings, load_config
 from ._exceptions import ConfigError
 from ._runtime import Runtime
 
@@ -138,6 +138,9 @@ class Registry:
         # seawall.httpx2 twins of the HTTP dependencies' clients, built on demand.
         self._httpx2: dict[str, Any] = {}
         self._defaults = Policy()
+        # The [state] table the registry was built with (None: none): reload()
+        # refuses a file whose table differs, for the backend is never swapped.
+        self._state_settings: StateSettings | None = None
         # Clients replaced or removed by reload(): each closes its pool as soon
         # as it has no call in flight, and for good when the registry closes.
         self._retired: list[ResilientClient] = []
@@ -192,6 +195,7 @@ class Registry:
             raise ConfigError(problems)
         registry = cls(clock=clock, state=state)
         registry._defaults = config.defaults
+        registry._state_settings = config.state
         for spec in config.dependencies.values():
             registry._add_spec(spec)
         return registry
@@ -471,9 +475,11 @@ class Registry:
         else:
             new = load_config(config)
         self._check_kept_transports(new)
-        from ._shared import config_problems
+        from ._shared import config_problems, state_changed
 
         problems = config_problems(new, self._state)
+        if new.state != self._state_settings:  # [state] changed: refused, never ignored
+            problems.insert(0, state_changed(self._state_settings, new.state))
         if problems:  # a shared part with no state backend: nothing has changed yet
             raise ConfigError(problems)
         self._defaults = new.defaults

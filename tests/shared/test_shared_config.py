@@ -316,3 +316,39 @@ def test_reload_refuses_a_shared_part_without_a_state_backend_before_changing_an
         registry.reload({"dependencies": {"pay": {"shared": {"breaker": "advisory"}}, "new": {}}})
     assert registry.names == ["pay"]
     assert registry._get("pay").runtime.policy is before
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "said"),
+    [
+        pytest.param(
+            {"backend": "redis", "namespace": "a", "budget_ms": 10},
+            {"backend": "redis", "namespace": "b", "budget_ms": 20},
+            "namespace 'a' -> 'b', budget 0.01 -> 0.02",
+            id="changed",
+        ),
+        pytest.param({"backend": "redis"}, None, "the [state] table was removed", id="removed"),
+        pytest.param(None, {"backend": "redis"}, "a [state] table was added", id="added"),
+    ],
+)
+def test_reload_refuses_a_changed_state_table_before_changing_anything(
+    before: dict[str, Any] | None, after: dict[str, Any] | None, said: str
+) -> None:
+    def config(state: dict[str, Any] | None, cap: int) -> dict[str, Any]:
+        table: dict[str, Any] = {"dependencies": {"pay": {"bulkhead": {"max_concurrent": cap}}}}
+        if state is not None:
+            table["state"] = state
+        return table
+
+    registry = seawall.Registry.from_config(config(before, 10))
+    runtime = registry._get("pay").runtime
+    policy = runtime.policy
+    with pytest.raises(seawall.ConfigError) as caught:
+        registry.reload(config(after, 20))
+    assert problems(caught) == [
+        "state: cannot change on reload (the state backend is built with the registry and "
+        f"never swapped under calls in flight; restart to apply it): {said}"
+    ]
+    assert runtime.policy is policy  # nothing changed
+    registry.reload(config(before, 20))  # the same table: reloaded
+    assert runtime.policy.bulkhead == seawall.Bulkhead(max_concurrent=20)

@@ -17,7 +17,7 @@ from ._ratelimit import SharedRateLimiter
 from ._state import DependencyView, SharedState, Unavailable
 
 if TYPE_CHECKING:
-    from .._config import Config, Policy
+    from .._config import Config, Policy, StateSettings
     from .._runtime import Runtime
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "config_problems",
     "missing_state",
     "snapshot",
+    "state_changed",
 ]
 
 
@@ -64,6 +65,31 @@ def config_problems(config: Config, state: SharedState | None) -> list[str]:
         if shared.breaker == "advisory" and spec.endpoints and spec.policy.breaker is not None:
             problems.append(_advisory_endpoints(spec.name, shared.breaker))
     return problems
+
+
+def state_changed(before: StateSettings | None, after: StateSettings | None) -> str:
+    """The problem of a reload whose ``[state]`` table differs from the registry's.
+
+    The state backend is built once, with the registry: swapping it under calls
+    in flight (their slots, tokens and breaker evidence held in the old one)
+    is not done; a restart applies the new table.
+    """
+    import dataclasses
+
+    if before is None:
+        what = "a [state] table was added"
+    elif after is None:
+        what = "the [state] table was removed"
+    else:
+        what = ", ".join(
+            f"{f.name} {getattr(before, f.name)!r} -> {getattr(after, f.name)!r}"
+            for f in dataclasses.fields(before)
+            if getattr(before, f.name) != getattr(after, f.name)
+        )
+    return (
+        "state: cannot change on reload (the state backend is built with the registry "
+        f"and never swapped under calls in flight; restart to apply it): {what}"
+    )
 
 
 def _advisory_endpoints(name: str, value: object) -> str:
