@@ -317,8 +317,10 @@ async def test_two_replicas_hold_the_global_cap_and_the_second_follows_the_first
     # The provider fails: a's calls open its breaker; b follows without its own evidence.
     upstream.route("/charges", Fault.error(503))
     since = time.monotonic()
-    for _ in range(10):
+    for _ in range(20):  # minimum_calls, at most window_size
         await a.client("payments").post("/charges")
+        if a.breaker("payments").state.value == "open":
+            break
     assert a.breaker("payments").state.value == "open"
     opened_a = time.monotonic()
     await until(lambda: b.breaker("payments").state.value == "open")
