@@ -298,7 +298,14 @@ async def reconcile(
     async with outbox.engine.connect() as conn:
         rows = (
             await conn.execute(
-                sa.select(t.c.id, t.c.dependency, t.c.state, t.c.attention_reason, t.c.last_error)
+                sa.select(
+                    t.c.id,
+                    t.c.dependency,
+                    t.c.state,
+                    t.c.needs_attention,
+                    t.c.attention_reason,
+                    t.c.last_error,
+                )
                 .where(
                     mine,
                     sa.or_(
@@ -313,8 +320,13 @@ async def reconcile(
             )
         ).all()
     for row in rows:
-        if row.state == State.UNKNOWN and not dry_run and not _stuck(outbox, row.dependency):
-            continue  # a verifier or reconciler will try again
+        if (
+            row.state == State.UNKNOWN
+            and not row.needs_attention
+            and not dry_run
+            and not _stuck(outbox, row.dependency)
+        ):
+            continue  # a verifier or reconciler will try again; a flagged entry still needs a person
         report.attention.append(
             {
                 "id": row.id,
