@@ -226,9 +226,17 @@ class RedisState(SharedState):
         try:
             return await client.evalsha(script.sha, 1, self.prefix, *args)
         except NoScriptError:
-            # A restarted (or SCRIPT FLUSHed) server: load it again, once.
+            # A restarted (or SCRIPT FLUSHed) server: load it again, once; it may
+            # be another build (failover): ask again whether it has GCRA.
             await client.script_load(script.source)
+            self._probe_due = True
             return await client.evalsha(script.sha, 1, self.prefix, *args)
+
+    async def _gcra(self, key: str, max_burst: int, period: float, tokens: int) -> list[Any]:
+        reply: list[Any] = await self._client.execute_command(
+            "GCRA", key, max_burst, 1, repr(period), "TOKENS", tokens
+        )
+        return reply
 
     async def _cache_put(self, batch: list[tuple[str, bytes]], ttl_ms: int) -> None:
         pipe = self._client.pipeline(transaction=False)

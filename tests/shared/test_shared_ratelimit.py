@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import hypothesis.strategies as st
 import pytest
@@ -16,7 +17,8 @@ from shared_redis_server import RedisServer
 
 import seawall
 from seawall._shared import SharedRateLimiter
-from seawall._shared._lua import GCRA
+from seawall._shared._lua import GCRA, PROBE
+from seawall.redis import RedisState
 from seawall.testing import ManualClock
 
 # -- the script against a reference model --------------------------------------------------
@@ -190,3 +192,124 @@ async def test_a_steady_stream_is_served_from_reservations_fetched_ahead(
     reservations = a.state.counters.round_trips["reserve"]
     # Pockets of at most 50 tokens: at least 8 reservations, and far fewer than calls.
     assert 8 <= reservations <= 40
+
+
+# -- the native GCRA command, where the server has it ------------------------------------
+
+
+class GcraServer:
+    """A client that passes everything to a real Redis 7, but says (COMMAND INFO, through
+    the probe script) that it has GCRA and answers the command itself, as Redis's
+    src/gcra.c does (integer microseconds, all or nothing, retry_after in whole
+    seconds), on a clock of the test's: Redis 7 has no GCRA to test against."""
+
+    def __init__(self, client: Any, clock: ManualClock) -> None:
+        self._client = client
+        self._clock = clock
+        self.tats: dict[str, int] = {}
+        self.calls: list[tuple[Any, ...]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def evalsha(self, sha: str, *args: Any) -> Any:
+        if sha == PROBE.sha:
+            return 1
+        return await self._client.evalsha(sha, *args)
+
+    async def execute_command(self, *args: Any) -> Any:
+        if args[0] != "GCRA":
+            return await self._client.execute_command(*args)
+        self.calls.append(args)
+        _, key, max_burst, per_period, period, token, count = args
+        assert (token, per_period) == ("TOKENS", 1)
+        burst = int(max_burst) + 1
+        now = int(self._clock.now() * 1e6)
+        tat = self.tats.get(key, now)
+        interval = int(float(period) * 1e6 / per_period + 0.5)
+        variance, increment = interval * burst, interval * int(count)
+        new_tat = max(now, tat) + increment
+        diff = now - (new_tat - variance)
+        if diff < 0:
+            limited, ttl = 1, tat - now
+            retry = math.ceil(-diff / 1e6) if increment <= variance else -1
+        else:
+            limited, ttl, retry = 0, new_tat - now, -1
+            self.tats[key] = new_tat
+        nxt = variance - ttl
+        remaining = nxt // interval if nxt > -interval else 0
+        return [limited, burst, remaining, retry, math.ceil(ttl / 1e6)]
+
+
+@pytest.mark.anyio
+async def test_redis_7_has_no_gcra_so_the_script_reserves(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    (a,) = await cluster.add(limited(100, 10), time="server")
+    assert a.state.native_gcra is False
+    await a.succeed(1)
+    assert a.state.counters.round_trips["probe"] == 1
+    assert a.limiter.shared_snapshot()["gcra"] == "lua"
+    client = redis_server.client()
+    assert client.exists(f"{{seawall:{cluster.namespace}}}:g:pay") == 1
+    client.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("burst", "time", "native"),
+    [
+        pytest.param(10.0, "server", True, id="server-time"),
+        pytest.param(10.0, "client", False, id="client-time"),
+        pytest.param(2.5, "server", False, id="fractional-burst"),
+    ],
+)
+async def test_a_server_reporting_gcra_gets_the_native_command(
+    cluster: Cluster, clock: ManualClock, burst: float, time: str, native: bool
+) -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(cluster.url)
+    server = GcraServer(client, clock)
+    state = RedisState(
+        client=server,
+        namespace=cluster.namespace,
+        time=time,  # type: ignore[arg-type]
+        clock=clock,
+        sync_interval=30.0,
+        lease_ttl=300.0,
+        budget=1.0,
+    )
+    registry = seawall.Registry(clock=clock, state=state)
+    guard = registry.guard("pay", limited(100, burst, reserve=4))
+    try:
+        async with registry:
+            assert state.native_gcra is True  # what the server reported
+            assert guard.rt.limiter.shared_snapshot()["gcra"] == ("native" if native else "lua")
+            await guard.call(noop)
+            if native:
+                await native_reservations(state, server, clock, cluster.namespace)
+            else:
+                assert server.calls == []
+    finally:
+        await client.aclose()
+
+
+async def native_reservations(
+    state: RedisState, server: GcraServer, clock: ManualClock, namespace: str
+) -> None:
+    key = f"{{seawall:{namespace}}}:n:pay"
+    assert server.calls == [("GCRA", key, 9, 1, "0.01", "TOKENS", 4)]
+    # Ask for 4, 2 left: refused whole, then the 2 asked for again.
+    server.tats[key] = int(clock.now() * 1e6) + 80_000
+    granted, retry_after = await state.reserve("pay", 4, 0.01, 10)
+    assert (granted, retry_after) == (2, 0.0)
+    assert [c[-1] for c in server.calls[-2:]] == [4, 2]
+    # None left: refused, the wait at most one interval (not the command's 1 s).
+    granted, retry_after = await state.reserve("pay", 4, 0.01, 10)
+    assert granted == 0
+    assert 0 < retry_after <= 0.01
+
+
+async def noop() -> None:
+    return None

@@ -49,6 +49,7 @@ __all__ = [
     "GCRA",
     "LEAVE",
     "OVERRIDES",
+    "PROBE",
     "SLOTS",
     "SUMMARY",
     "SYNC",
@@ -382,5 +383,17 @@ if n > want then n = want end
 tat = tat + n * T
 redis.call('SET', k, string.format('%.17g', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 return {n, '0'}
+""",
+)
+
+# Whether the server has a native GCRA command (COMMAND INFO reports it): 1 or 0.
+# Redis's GCRA (src/gcra.c, 2026) was held out of the 8.8 release: only builds
+# made with ENABLE_GCRA have it. Run when the backend starts, and again after
+# the scripts are loaded anew (a restarted or failed-over server).
+PROBE = Script(
+    "probe",
+    r"""
+if redis.call('COMMAND', 'INFO', 'GCRA')[1] then return 1 end
+return 0
 """,
 )

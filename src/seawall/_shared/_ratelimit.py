@@ -129,6 +129,7 @@ class SharedRateLimiter:
             "pocket": self.available,
             "reserve": self._reserve,
             "local_share_rate": self._local.config.rate,
+            "gcra": "native" if self._backend.uses_native_gcra(self._burst) else "lua",
         }
 
     # -- the RateLimiter interface ----------------------------------------------------------

@@ -41,7 +41,18 @@ from .._config import CircuitBreaker
 from .._decision import mark_shared_local
 from .._exceptions import RejectedError
 from . import _telemetry
-from ._lua import AGGREGATE, ENTRY, GCRA, LEAVE, OVERRIDES, SLOTS, SUMMARY, SYNC, Script
+from ._lua import (
+    AGGREGATE,
+    ENTRY,
+    GCRA,
+    LEAVE,
+    OVERRIDES,
+    PROBE,
+    SLOTS,
+    SUMMARY,
+    SYNC,
+    Script,
+)
 
 if TYPE_CHECKING:
     from .._registry import Registry
@@ -150,6 +161,10 @@ class SharedState:
         self._said_degraded = False
         #: Keys the shared cache entries of requests with credentials (None: not shared).
         self.cache_secret: bytes | None = None
+        #: Whether the server has a native GCRA command (probed at start, and again
+        #: once the scripts were loaded anew); the shared rate limit then uses it.
+        self.native_gcra = False
+        self._probe_due = False
 
     def _new_health(self) -> Breaker:
         health = Breaker(
@@ -175,6 +190,11 @@ class SharedState:
         raise NotImplementedError
 
     async def _cache_get(self, key: str) -> tuple[bytes | None, int]:
+        raise NotImplementedError
+
+    async def _gcra(self, key: str, max_burst: int, period: float, tokens: int) -> list[Any]:
+        """The native ``GCRA key max_burst 1 period TOKENS tokens``: [limited, max_burst + 1,
+        remaining, retry_after (whole seconds, -1: never), reset_after]."""
         raise NotImplementedError
 
     # -- lifecycle -------------------------------------------------------------------
@@ -215,6 +235,7 @@ class SharedState:
         self._last_full = -math.inf
         await self._open()
         self.status = "degraded"
+        await self._probe()
         await self.sync()
         self._log_status()
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -370,6 +391,27 @@ class SharedState:
         )
         return int(granted), _text(epoch), int(total)
 
+    async def _probe(self) -> None:
+        """Ask the server whether it has a native GCRA command (once per script load)."""
+        self._probe_due = False
+        try:
+            self.native_gcra = bool(int(await self._op("probe", PROBE, [])))
+        except Unavailable:
+            self._probe_due = True  # ask again after the next sync that works
+
+    def uses_native_gcra(self, burst: float) -> bool:
+        """Whether a shared rate limit of *burst* reserves with the native GCRA command.
+
+        Only on server time (the command reads the server's clock) and for a whole
+        burst of at least one token (its ``max_burst`` is an integer).
+        """
+        return (
+            self.native_gcra
+            and self.time_source == "server"
+            and burst >= 1
+            and float(burst).is_integer()
+        )
+
     async def reserve(
         self, dependency: str, want: int, interval: float, burst: float
     ) -> tuple[int, float]:
@@ -377,10 +419,39 @@ class SharedState:
 
         Returns (tokens granted, seconds until one would be).
         """
+        if self.uses_native_gcra(burst):
+            return await self._run(
+                "reserve", lambda: self._reserve_native(dependency, want, interval, int(burst))
+            )
         granted, retry_after = await self._op(
             "reserve", GCRA, [dependency, self.now_us(), want, repr(interval * 1e6), repr(burst)]
         )
         return int(granted), float(_text(retry_after)) / 1e6
+
+    async def _reserve_native(
+        self, dependency: str, want: int, interval: float, burst: int
+    ) -> tuple[int, float]:
+        """Reserve with the native GCRA command: all or nothing per call, so a refusal
+        that leaves ``remaining`` tokens asks once more for those.
+
+        Its ``retry_after`` is in whole seconds; a refused token is due within one
+        emission interval (the arrival time never runs more than ``burst``
+        intervals ahead), so the wait reported is at most *interval*.
+        """
+        key = f"{self.prefix}:n:{dependency}"
+        want = max(1, min(want, burst))  # more than burst at once is never granted
+        limited, _, remaining, retry_s, _ = await self._gcra(key, burst - 1, interval, want)
+        if not int(limited):
+            return want, 0.0
+        if 1 <= int(remaining) < want:
+            want = int(remaining)
+            limited, _, remaining, retry_s, _ = await self._gcra(key, burst - 1, interval, want)
+            if not int(limited):
+                return want, 0.0
+        if int(remaining) >= 1:
+            return 0, 0.0  # taken by another replica in between: ask again at once
+        retry = float(retry_s)
+        return 0, interval if retry < 0 else min(retry, interval)
 
     def request_override(self, dependency: str, mode: str, ttl: float | None) -> None:
         """Ask every replica to apply *mode* to *dependency*'s breaker (from the next sync)."""
@@ -430,6 +501,8 @@ class SharedState:
         instruments = _telemetry.metrics_for(self)
         if instruments is not None:
             instruments.sync_duration.record(time.perf_counter() - started)
+        if self._probe_due:
+            await self._probe()
         if mode != "0":
             self._last_full = now
         if mode == "1":
