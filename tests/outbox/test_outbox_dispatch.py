@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -457,3 +458,67 @@ async def test_stop_gives_back_what_was_claimed_but_not_sent(
 
 async def all_succeeded(outbox: Outbox, refs: list[Any]) -> bool:
     return all([await succeeded(outbox, r.id) for r in refs])
+
+
+async def test_an_exchange_writes_results_fenced_and_claims_the_next_in_one_statement(
+    outbox: Outbox, upstream: FaultyUpstream, backend: str
+) -> None:
+    """PostgreSQL: a group of results and the next claim are one statement; each result
+    still fenced by its own lease token. SQLite: the write, then the claim."""
+    refs = [await enqueue(outbox) for _ in range(6)]
+    worker = outbox.dispatcher().worker
+    first = await worker.claim_sends(3)
+    results = [await worker.send(c) for c in first]
+    stale = results[0]
+    stale.row = replace(stale.row, token=stale.row.token + 7)  # its lease passed to another
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(outbox.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        lost, claims = await worker.exchange(results, 2)
+    finally:
+        sa.event.remove(outbox.engine.sync_engine, "before_cursor_execute", seen)
+    assert len(statements) == (1 if backend == "postgresql" else 2)
+    assert lost == 1
+    assert len(claims) == 2
+    assert {c.entry.id for c in claims}.isdisjoint(c.entry.id for c in first)
+    states = {r["id"]: r["state"] for r in await rows(outbox)}
+    assert states[stale.row.id] == "dispatching"  # dropped: not ours any more
+    assert [states[r.row.id] for r in results[1:]] == ["succeeded", "succeeded"]
+    assert sorted(states.values()) == ["dispatching"] * 3 + ["pending"] + ["succeeded"] * 2
+    # Nothing to claim (limit 0), or nothing to write: one statement either way.
+    assert await worker.exchange([], 0) == (0, [])
+    left = {r.id for r in refs} - {c.entry.id for c in [*first, *claims]}
+    lost, more = await worker.exchange([], 5)
+    assert (lost, {c.entry.id for c in more}) == (0, left)
+
+
+async def test_a_running_dispatcher_claims_in_the_statement_that_writes_results(
+    outbox: Outbox, upstream: FaultyUpstream, backend: str
+) -> None:
+    """Every entry sent once, with its key, whichever way claims came (alone, or riding
+    on a result write); on PostgreSQL some do ride on one."""
+    async with session(outbox.engine) as s, s.begin():
+        refs = [await outbox.enqueue(s, "payments", "POST", "/v1/charges") for _ in range(40)]
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(outbox.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        async with outbox.dispatcher(concurrency=2, batch_size=4, poll_interval=600) as d:
+            await eventually(lambda: all_succeeded(outbox, refs))
+    finally:
+        sa.event.remove(outbox.engine.sync_engine, "before_cursor_execute", seen)
+    assert d.lease_lost == 0
+    keys = [r.idempotency_key for r in upstream.requests()]
+    assert sorted(keys) == sorted(r.idempotency_key for r in refs)  # each once
+    exchanges = [s for s in statements if s.lstrip().startswith("WITH w AS")]
+    if backend == "postgresql":
+        assert exchanges
+    else:
+        assert not exchanges

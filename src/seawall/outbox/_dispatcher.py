@@ -120,6 +120,13 @@ class Dispatcher:
         self._slot_event = anyio.Event()
         self._result_event = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._sends: anyio.abc.TaskGroup | None = None
+        #: Entries being claimed right now (they count against batch_size).
+        self._claiming = 0
+        #: The last claim found fewer entries due than it asked for.
+        self._drained = False
+        #: PostgreSQL: the writer claims in the statement that writes the results.
+        self._merge = outbox._stmts.dialect == "postgresql"
         self._done = anyio.Event()
         self.lease_lost = 0
 
@@ -200,6 +207,7 @@ class Dispatcher:
 
     def wake(self) -> None:
         """Look for work now (a commit enqueued some) rather than at the next poll."""
+        self._drained = False
         self._wake_event.set()
 
     async def run(self) -> None:
@@ -214,6 +222,7 @@ class Dispatcher:
                 tg.start_soon(self._writer, writer_done)
                 sends: anyio.abc.TaskGroup
                 async with anyio.create_task_group() as sends:
+                    self._sends = sends
                     await self._claim_loop(sends)
                 # Sends all finished: the writer records the last results and ends.
                 self._stopping = True
@@ -235,32 +244,55 @@ class Dispatcher:
         failures = 0
         half = max(1, self.batch_size // 2)
         while not self._stopping:
-            held = len(self._queue) + self._in_flight
-            room = self.batch_size - held
-            if room < half and held:
+            if self._drained:
+                # Nothing more was due: wait for a commit (wake), the next poll, or stop.
+                self._wake_event = anyio.Event()
+                if self._drained:
+                    with anyio.move_on_after(self.poll_interval):
+                        await self._wake_event.wait()
+                self._drained = False
+                continue
+            room = self._room()
+            held = self.batch_size - room
+            # On PostgreSQL, results waiting to be written (or a claim under way) mean
+            # the writer is about to claim, in the statement that writes them.
+            if (room < half and held) or (self._merge and (self._results or self._claiming)):
                 self._slot_event = anyio.Event()
                 await self._slot_event.wait()
                 continue
+            self._claiming = room
             try:
                 claims = await self.worker.claim_sends(room)
             except Exception as exc:
                 failures += 1
                 await self._db_backoff("claim", exc, failures)
                 continue
+            finally:
+                self._claiming = 0
             failures = 0
-            self._queue.extend(claims)
-            self._start(sends)
-            if len(claims) < room:
-                # Nothing more is due: wait for a commit, the next poll, or the
-                # sends in flight to make room.
-                self._wake_event = anyio.Event()
-                with anyio.move_on_after(self.poll_interval):
-                    await self._wake_event.wait()
+            self._take(claims, room)
         # Stopping: what was claimed but never started goes back, unsent.
         unsent, self._queue = list(self._queue), collections.deque()
         if unsent:
             self._results.extend(self.worker.give_back(c) for c in unsent)
             self._result_event.set()
+
+    def _room(self) -> int:
+        """How many more entries may be claimed: batch_size less those held or being claimed."""
+        return self.batch_size - len(self._queue) - self._in_flight - self._claiming
+
+    def _take(self, claims: list[Claim], asked: int) -> None:
+        """Queue fresh claims and start them (give them back if stopping meanwhile)."""
+        if len(claims) < asked:
+            self._drained = True
+        if self._stopping:
+            if claims:
+                self._results.extend(self.worker.give_back(c) for c in claims)
+                self._result_event.set()
+            return
+        self._queue.extend(claims)
+        if self._sends is not None:
+            self._start(self._sends)
 
     def _start(self, sends: anyio.abc.TaskGroup) -> None:
         """Start queued sends while slots are free; give back those whose lease ran short."""
@@ -301,8 +333,13 @@ class Dispatcher:
                             self._result_event = anyio.Event()
                 batch, self._results = self._results, []
                 while batch:
+                    # PostgreSQL: the next claim rides on the write (one round trip).
+                    limit = 0
+                    if self._merge and not self._stopping and not self._drained:
+                        limit = max(0, self._room())
+                    self._claiming = limit
                     try:
-                        lost = await self.worker.write(batch)
+                        lost, claims = await self.worker.exchange(batch, limit)
                     except Exception as exc:
                         failures += 1
                         if self._stopping and failures > 5:
@@ -314,9 +351,13 @@ class Dispatcher:
                             break
                         await self._db_backoff("write", exc, failures)
                         continue
+                    finally:
+                        self._claiming = 0
                     failures = 0
                     self.lease_lost += lost
                     batch = []
+                    self._take(claims, limit)
+                    self._slot_event.set()  # the claim loop looks again
                 if self._results:
                     self._result_event.set()  # more came while writing
                 elif self._stopping and not self._in_flight and not self._queue:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from ._types import TERMINAL, State
 
-__all__ = ["CLAIM_COLUMNS", "ResultRow", "Statements"]
+__all__ = ["CLAIM_COLUMNS", "ResultRow", "SendClaim", "Statements"]
 
 #: What a claim returns of each row.
 CLAIM_COLUMNS = (
@@ -44,6 +44,19 @@ CLAIM_COLUMNS = (
 
 #: States that hold back later entries of the same ordering key.
 _BLOCKING = (State.PENDING, State.DISPATCHING, State.UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class SendClaim:
+    """What a claim of sends needs: time, size, owner, the dependencies that may be
+    claimed and their leases (seconds)."""
+
+    now: float
+    limit: int
+    owner: str
+    leases: Mapping[str, float]
+    default_lease: float
+    allowed: Sequence[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +130,8 @@ class Statements:
         self._result_sql: dict[int, sa.TextClause] = {}
         #: claim_sends' statements, by the dependencies with a lease of their own
         self._claim_sends: dict[tuple[str, ...], Any] = {}
+        #: exchange's statements, by group size and claim shape
+        self._exchanges: dict[tuple[int, tuple[str, ...]], Any] = {}
         # Built once: an alias makes a proxy of every column, which costs more
         # than the rest of a claim statement.
         self._alias_c = t.alias("c")
@@ -148,16 +163,7 @@ class Statements:
         )
         return sa.update(t).where(t.c.id.in_(sub)).values(**values).returning(*self._returning)
 
-    def claim_sends(
-        self,
-        *,
-        now: float,
-        limit: int,
-        owner: str,
-        leases: Mapping[str, float],
-        default_lease: float,
-        allowed: Sequence[str],
-    ) -> tuple[Any, dict[str, Any]]:
+    def claim_sends(self, claim: SendClaim) -> tuple[Any, dict[str, Any]]:
         """Pending entries due now, and expired leases that are safe to resend.
 
         An entry whose ordering key has an earlier entry still pending,
@@ -166,20 +172,56 @@ class Statements:
         a lease of their own (every value is a bound parameter), so SQLAlchemy
         neither rebuilds it nor computes its cache key again for each claim.
         """
-        special = sorted(dep for dep, lease in leases.items() if lease != default_lease)
-        shape = tuple(special)
+        shape, params = self._claim_sends_params(claim)
+        return self._claim_sends_of(shape), params
+
+    def _claim_sends_of(self, shape: tuple[str, ...]) -> Any:
         stmt = self._claim_sends.get(shape)
         if stmt is None:
             stmt = self._claim_sends[shape] = self._claim_sends_stmt(shape)
+        return stmt
+
+    @staticmethod
+    def _claim_sends_params(claim: SendClaim) -> tuple[tuple[str, ...], dict[str, Any]]:
+        now, default = claim.now, claim.default_lease
+        special = sorted(dep for dep, lease in claim.leases.items() if lease != default)
         params: dict[str, Any] = {
             "now": now,
-            "claim_limit": limit,
-            "owner": owner,
-            "lease_until": now + default_lease,
-            "allowed": list(allowed),
+            "claim_limit": claim.limit,
+            "owner": claim.owner,
+            "until": now + default,
+            "allowed": list(claim.allowed),
         }
         for i, dep in enumerate(special):
-            params[f"lease_until_{i}"] = now + leases[dep]
+            params[f"until_{i}"] = now + claim.leases[dep]
+        return tuple(special), params
+
+    def exchange(self, rows: Sequence[ResultRow], claim: SendClaim) -> tuple[Any, dict[str, Any]]:
+        """PostgreSQL: a group of fenced result writes and the next send claim, one statement.
+
+        ``WITH w AS (the results' UPDATE ... RETURNING id), c AS (the claim's UPDATE ...
+        RETURNING ...) SELECT (SELECT array_agg(id) FROM w) AS written, c.* FROM (SELECT 1)
+        LEFT JOIN c``: every row says which results were still ours (``written``),
+        and the rows of ``c`` are the claims (none: one row of NULLs). Both parts see
+        the statement's snapshot: an entry a result makes due again (or the next
+        entry of an ordering key) is claimed by a later claim, not this one.
+        """
+        shape, params = self._claim_sends_params(claim)
+        key = (len(rows), shape)
+        stmt = self._exchanges.get(key)
+        if stmt is None:
+            written = (
+                sa.text(self._results_sql(len(rows)))
+                .columns(sa.column("id", sa.BigInteger()))
+                .cte("w")
+            )
+            c = self._claim_sends_of(shape).cte("c")
+            one = sa.select(sa.literal(1).label("one")).subquery("one")
+            stmt = self._exchanges[key] = sa.select(
+                sa.select(sa.func.array_agg(written.c.id)).scalar_subquery().label("written"),
+                *c.c,
+            ).select_from(one.outerjoin(c, sa.true()))
+        params.update(self._result_params(rows, claim.now))
         return stmt, params
 
     def _claim_sends_stmt(self, special: tuple[str, ...]) -> Any:
@@ -210,11 +252,12 @@ class Statements:
                 sa.or_(c.c.ordering_key.is_(None), ~earlier),
             )
 
-        lease_until: Any = sa.bindparam("lease_until", type_=sa.Double())
+        # (no parameter is named after a column: in an UPDATE, SQLAlchemy would SET it)
+        lease_until: Any = sa.bindparam("until", type_=sa.Double())
         if special:
             lease_until = sa.case(
                 {
-                    dep: sa.bindparam(f"lease_until_{i}", type_=sa.Double())
+                    dep: sa.bindparam(f"until_{i}", type_=sa.Double())
                     for i, dep in enumerate(special)
                 },
                 value=t.c.dependency,
@@ -330,6 +373,10 @@ class Statements:
         sql = self._result_sql.get(n)
         if sql is None:
             sql = self._result_sql[n] = sa.text(self._results_sql(n))
+        return sql, self._result_params(rows, now)
+
+    @staticmethod
+    def _result_params(rows: Sequence[ResultRow], now: float) -> dict[str, Any]:
         params: dict[str, Any] = {"now": now}
         for i, r in enumerate(rows):
             params[f"id{i}"] = r.id
@@ -345,7 +392,7 @@ class Statements:
             params[f"attention_reason{i}"] = r.attention_reason
             params[f"verify_attempts{i}"] = r.verify_attempts
             params[f"attempts{i}"] = r.attempts
-        return sql, params
+        return params
 
     def _results_sql(self, n: int) -> str:
         t = self._quoted

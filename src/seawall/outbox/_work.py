@@ -28,7 +28,7 @@ from .._report import report_of
 from .._retry import parse_retry_after
 from . import _telemetry as tel
 from ._route import OutboxRoute
-from ._sql import ResultRow
+from ._sql import ResultRow, SendClaim
 from ._types import Entry, Failure, State, Verdict, VerdictKind
 
 if TYPE_CHECKING:
@@ -157,7 +157,9 @@ class Worker:
             async with self.outbox._autocommit.connect() as conn:
                 return (await conn.execute(stmt, params)).mappings().all()
 
-        rows = await shielded(run)
+        return self._claimed(await shielded(run), now)
+
+    def _claimed(self, rows: Sequence[Any], now: float | None) -> list[Claim]:
         settings = self.outbox.settings
         if now is None:
             claims = [claim_of(r) for r in rows]
@@ -194,23 +196,53 @@ class Worker:
             out.append(name)
         return out
 
-    async def claim_sends(self, limit: int) -> list[Claim]:
+    def _send_claim(self, limit: int) -> SendClaim | None:
+        """What a claim of *limit* sends needs (None: nothing may be claimed now)."""
+        if limit <= 0:
+            return None
         allowed = self.allowed()
-        if not allowed or limit <= 0:
-            return []
-        outbox = self.outbox
-        leases = {name: outbox.settings(name).lease for name in allowed}
-        default = outbox.settings(None).lease
-        now = self.clock.now()
-        stmt, params = self.stmts.claim_sends(
-            now=now,
+        if not allowed:
+            return None
+        settings = self.outbox.settings
+        return SendClaim(
+            now=self.clock.now(),
             limit=limit,
             owner=self.owner,
-            leases=leases,
-            default_lease=default,
+            leases={name: settings(name).lease for name in allowed},
+            default_lease=settings(None).lease,
             allowed=allowed,
         )
-        return await self.claim(stmt, now, params)
+
+    async def claim_sends(self, limit: int) -> list[Claim]:
+        claim = self._send_claim(limit)
+        if claim is None:
+            return []
+        stmt, params = self.stmts.claim_sends(claim)
+        return await self.claim(stmt, claim.now, params)
+
+    async def exchange(self, results: Sequence[Result], limit: int) -> tuple[int, list[Claim]]:
+        """Record *results* and claim up to *limit* sends; returns (lost, claims).
+
+        On PostgreSQL the plain results and the claim are one statement (one
+        round trip); elsewhere, or with nothing to write or claim, it is
+        :meth:`write` then :meth:`claim_sends`. Results with a hook are
+        written after, each in its own transaction, as :meth:`write` does.
+        """
+        plain = [r for r in results if r.hook is None]
+        claim = self._send_claim(limit) if self.stmts.dialect == "postgresql" else None
+        if claim is None or not plain:
+            lost = await self.write(results) if results else 0
+            return lost, await self.claim_sends(limit)
+        stmt, params = self.stmts.exchange([r.row for r in plain], claim)
+
+        async def run() -> Any:
+            async with self.outbox._autocommit.connect() as conn:
+                return (await conn.execute(stmt, params)).mappings().all()
+
+        rows = await shielded(run)
+        lost = self._settle(plain, set(rows[0]["written"] or ()))
+        claims = self._claimed([r for r in rows if r["id"] is not None], claim.now)
+        return lost + await self._write_hooks(results), claims
 
     async def claim_verifications(self, limit: int) -> list[Claim]:
         allowed = self.allowed()
@@ -483,18 +515,29 @@ class Worker:
                 async with self.outbox._autocommit.connect() as conn:
                     return {row[0] for row in (await conn.execute(sql, params)).all()}
 
-            ours = await shielded(run)
-            for r in plain:
-                if r.row.id in ours:
-                    self._written(r)
-                else:
-                    lost += 1
-                    tel.lease_lost(r.claim.entry.dependency, r.row.id)
+            lost = self._settle(plain, await shielded(run))
+        return lost + await self._write_hooks(results)
+
+    async def _write_hooks(self, results: Sequence[Result]) -> int:
+        """The results with a hook, each in a transaction of its own; how many were lost."""
+        lost = 0
         for r in results:
             if r.hook is not None and not await shielded(
                 functools.partial(self._write_with_hook, r)
             ):
                 lost += 1
+        return lost
+
+    def _settle(self, plain: Sequence[Result], ours: set[int]) -> int:
+        """After a grouped write: the results written (*ours*) and those whose lease had
+        passed to another (dropped, counted); returns how many were lost."""
+        lost = 0
+        for r in plain:
+            if r.row.id in ours:
+                self._written(r)
+            else:
+                lost += 1
+                tel.lease_lost(r.claim.entry.dependency, r.row.id)
         return lost
 
     def _written(self, r: Result) -> None:
