@@ -6,12 +6,15 @@ each sync is explicit, so every step is deterministic.
 
 from __future__ import annotations
 
+import httpx
 import pytest
 import structlog
 from shared_helpers import Cluster, shared_policy
+from shared_redis_server import RedisServer
 
 import seawall
 from seawall._shared import AdvisoryBreaker
+from seawall._shared._breaker import endpoint_key
 
 pytestmark = pytest.mark.anyio
 
@@ -214,3 +217,94 @@ async def test_manual_control_checks_its_arguments(
     with pytest.raises(ValueError, match=message):
         a.breaker.force_open(**kwargs)
     assert a.breaker.state is seawall.BreakerState.CLOSED
+
+
+# -- one advisory breaker per endpoint ---------------------------------------------------
+
+PRIMARY = "https://user:hunter2@primary.example"
+BACKUP = "https://backup.example"
+
+
+async def endpoint_replicas(cluster: Cluster, n: int) -> tuple[list[seawall.Registry], list[str]]:
+    """*n* replicas of a dependency with two endpoints and an advisory breaker; each
+    replica's requests are logged by host."""
+    registries, hosts = [], []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        return httpx.Response(200, text="ok")
+
+    for _ in range(n):
+        registry = seawall.Registry(clock=cluster.clock, state=cluster.state())
+        registry.add(
+            "pay",
+            endpoints=[PRIMARY, BACKUP],
+            transport=httpx.MockTransport(answer),
+            policy=shared_policy(shared=ADVISORY),
+        )
+        await cluster.stack.enter_async_context(registry)
+        registries.append(registry)
+    return registries, hosts
+
+
+def outcomes(breaker: seawall.Breaker, n: int, *, failed: bool) -> None:
+    for _ in range(n):
+        breaker.record(breaker.acquire(), 0.01, failed)
+
+
+async def sync(*registries: seawall.Registry) -> None:
+    for registry in registries:
+        assert registry.state is not None
+        assert await registry.state.sync()
+
+
+async def test_each_endpoint_breaker_follows_the_verdict_on_its_own_endpoint(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    (a, b, c), hosts = await endpoint_replicas(cluster, 3)
+    for replica in (a, b):
+        breakers = replica.breakers("pay")
+        assert all(isinstance(x, AdvisoryBreaker) for x in breakers.values())
+        outcomes(breakers[PRIMARY], 4, failed=True)  # the primary fails for a and b
+        outcomes(breakers[BACKUP], 4, failed=False)  # the backup works
+    await sync(a, b, c)
+    quiet = c.breakers("pay")
+    assert quiet[PRIMARY].state is seawall.BreakerState.OPEN
+    assert quiet[PRIMARY].cause == "shared"  # type: ignore[attr-defined]
+    assert quiet[BACKUP].state is seawall.BreakerState.CLOSED
+    response = await c.client("pay").get("/status")  # c skips the primary: no call spent
+    assert seawall.report_of(response).endpoint == "https://backup.example:443"
+    assert hosts == ["backup.example"]
+    endpoints = c.snapshot()["dependencies"]["pay"]["shared"]["endpoints"]
+    assert endpoints["https://user:[secure]@primary.example"]["verdict"] == "open"
+    assert endpoints[BACKUP]["verdict"] == "closed"
+    # A cluster-wide override on one endpoint reaches that endpoint only.
+    b.breakers("pay")[BACKUP].force_open(scope="cluster", ttl=60)
+    await sync(b, c)
+    assert quiet[BACKUP].state is seawall.BreakerState.FORCED_OPEN
+    assert a.breakers("pay")[PRIMARY].state is seawall.BreakerState.OPEN  # its own, local
+    await sync(a)
+    assert a.breakers("pay")[BACKUP].state is seawall.BreakerState.FORCED_OPEN
+    # Redis holds a digest of each endpoint, never its URL (nor its password).
+    client = redis_server.client()
+    prefix = f"{{seawall:{cluster.namespace}}}"
+    fields = client.hkeys(f"{prefix}:agg")
+    assert sorted(f for f in fields if f.startswith(b"pay")) == sorted(
+        [b"pay", endpoint_key("pay", PRIMARY).encode(), endpoint_key("pay", BACKUP).encode()]
+    )
+    for key in client.scan_iter(f"{prefix}*"):
+        dump = repr(client.dump(key))
+        assert "hunter2" not in dump
+        assert "example" not in dump
+    client.close()
+
+
+async def test_a_sync_carries_one_endpoint_when_only_its_breaker_changed(
+    cluster: Cluster,
+) -> None:
+    (a,), _ = await endpoint_replicas(cluster, 1)
+    await sync(a)
+    outcomes(a.breakers("pay")[BACKUP], 4, failed=False)
+    await sync(a)
+    assert a.state is not None
+    assert a.state._sending == [endpoint_key("pay", BACKUP)]

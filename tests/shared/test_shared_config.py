@@ -160,14 +160,24 @@ async def test_under_trio_entering_the_registry_says_asyncio_only() -> None:
             pass
 
 
-def test_an_endpoint_breaker_cannot_be_advisory_yet() -> None:
+def test_an_advisory_breaker_with_endpoints_is_one_per_endpoint() -> None:
     registry = seawall.Registry(state=RedisState("redis://127.0.0.1:1/0"))
-    with pytest.raises(seawall.ConfigError, match=r"dependencies\.pay\.shared\.breaker"):
-        registry.add(
-            "pay",
-            endpoints=["https://a.example", "https://b.example"],
-            policy=shared_policy(shared=seawall.Shared(breaker="advisory")),
-        )
+    registry.add(
+        "pay",
+        endpoints=["https://a.example", "https://b.example"],
+        policy=shared_policy(shared=seawall.Shared(breaker="advisory")),
+    )
+    breakers = registry.breakers("pay")
+    assert sorted(breakers) == ["https://a.example", "https://b.example"]
+    assert all(isinstance(b, AdvisoryBreaker) for b in breakers.values())
+    assert len({b.sync_key for b in breakers.values()}) == 2  # type: ignore[attr-defined]
+    config: dict[str, Any] = {
+        "dependencies": {
+            "pay": {"endpoints": ["https://a.example"], "shared": {"breaker": "advisory"}}
+        }
+    }
+    from_file = seawall.Registry.from_config(config, state=RedisState("redis://127.0.0.1:1/0"))
+    assert isinstance(from_file.breakers("pay")["https://a.example"], AdvisoryBreaker)
 
 
 @pytest.mark.anyio

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigError
+from ..telemetry._redact import mask_url
 from ._breaker import AdvisoryBreaker
 from ._bulkhead import SharedBulkhead
 from ._cache import SharedResponseCache
@@ -62,8 +63,6 @@ def config_problems(config: Config, state: SharedState | None) -> list[str]:
             continue
         if state is None:
             problems.extend(missing_state(spec.name, shared).problems)
-        if shared.breaker == "advisory" and spec.endpoints and spec.policy.breaker is not None:
-            problems.append(_advisory_endpoints(spec.name, shared.breaker))
     return problems
 
 
@@ -92,16 +91,6 @@ def state_changed(before: StateSettings | None, after: StateSettings | None) -> 
     )
 
 
-def _advisory_endpoints(name: str, value: object) -> str:
-    from .._config import _line
-
-    return _line(
-        f"dependencies.{name}.shared.breaker",
-        "an advisory breaker is not supported with endpoints (one breaker per endpoint) yet",
-        value,
-    )
-
-
 def build(rt: Runtime, state: SharedState) -> None:
     """Give *rt* the shared primitives its policy's ``shared`` asks for."""
     policy = rt.policy
@@ -109,10 +98,22 @@ def build(rt: Runtime, state: SharedState) -> None:
     assert shared is not None
     if shared.breaker == "advisory" and policy.breaker is not None:
         if rt.endpoints:
-            raise ConfigError([_advisory_endpoints(rt.name, shared.breaker)])
-        rt.breaker = AdvisoryBreaker(
-            policy.breaker, clock=rt.clock, dependency=rt.name, shared=shared, state=state
-        )
+            # One breaker per endpoint, each following its own shared verdict.
+            rt.endpoint_breakers = {
+                url: AdvisoryBreaker(
+                    policy.breaker,
+                    clock=rt.clock,
+                    dependency=rt.name,
+                    shared=shared,
+                    state=state,
+                    endpoint=url,
+                )
+                for url in rt.endpoints
+            }
+        else:
+            rt.breaker = AdvisoryBreaker(
+                policy.breaker, clock=rt.clock, dependency=rt.name, shared=shared, state=state
+            )
     if shared.bulkhead is not None:
         rt.bulkhead = SharedBulkhead(  # type: ignore[assignment]
             policy.bulkhead, shared.bulkhead, dependency=rt.name, state=state, clock=rt.clock
@@ -168,6 +169,13 @@ def snapshot(rt: Runtime) -> dict[str, Any]:
             "tripped_replicas": view.tripped,
             "override": None,
         }
+    endpoints = {
+        mask_url(url): b.shared_snapshot()
+        for url, b in rt.endpoint_breakers.items()
+        if isinstance(b, AdvisoryBreaker)
+    }
+    if endpoints:
+        entry["endpoints"] = endpoints
     bulkhead: Any = rt.bulkhead
     if isinstance(bulkhead, SharedBulkhead):
         entry["bulkhead"] = bulkhead.shared_snapshot()

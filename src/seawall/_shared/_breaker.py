@@ -24,6 +24,7 @@ hands it the aggregates of the live replicas after each sync.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,11 +36,17 @@ from ._state import DependencyView
 if TYPE_CHECKING:
     from ._state import SharedState
 
-__all__ = ["AdvisoryBreaker"]
+__all__ = ["AdvisoryBreaker", "endpoint_key"]
 
 Scope = Literal["local", "cluster"]
 _PERSISTENT = frozenset({"forced_open", "disabled"})
 _RESETS_VERDICT = frozenset({"probes_passed", "forced_closed", "reset", "override_ended"})
+
+
+def endpoint_key(dependency: str, endpoint: str) -> str:
+    """The sync's name for one endpoint of a dependency: ``name\0<sha256 of the URL, 16
+    hex digits>`` (a NUL: no dependency name has one)."""
+    return f"{dependency}\0{hashlib.sha256(endpoint.encode()).hexdigest()[:16]}"
 
 
 class AdvisoryBreaker(Breaker):
@@ -54,6 +61,7 @@ class AdvisoryBreaker(Breaker):
         "_override_id",
         "_view",
         "shared",
+        "sync_key",
     )
 
     def __init__(
@@ -64,9 +72,14 @@ class AdvisoryBreaker(Breaker):
         dependency: str,
         shared: Shared,
         state: SharedState,
+        endpoint: str | None = None,
     ) -> None:
-        super().__init__(config, clock=clock, dependency=dependency)
+        super().__init__(config, clock=clock, dependency=dependency, endpoint=endpoint)
         self.shared = shared
+        #: What the sync calls this breaker: the dependency's name, or for an
+        #: endpoint's breaker the name and a digest of the URL (never the URL,
+        #: which may hold a password), joined by a NUL no name can contain.
+        self.sync_key = dependency if endpoint is None else endpoint_key(dependency, endpoint)
         self._backend = state
         self._cause: str | None = None
         self._ignoring = False
@@ -214,7 +227,7 @@ class AdvisoryBreaker(Breaker):
             )
         cluster = scope == "cluster"
         if cluster:
-            self._backend.request_override(self.dependency, mode, ttl)
+            self._backend.request_override(self.sync_key, mode, ttl)
         self._applying = "override" if cluster else "manual"
         try:
             action()

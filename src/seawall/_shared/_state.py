@@ -462,15 +462,23 @@ class SharedState:
 
     # -- sync ------------------------------------------------------------------------
 
-    def _shared_runtimes(self) -> dict[str, Runtime]:
+    def _units(self) -> dict[str, tuple[Runtime, Breaker | None]]:
+        """What a sync carries, by name: each shared dependency, and each endpoint
+        breaker of one that is advisory (``name\0digest``), with its breaker."""
+        from ._breaker import AdvisoryBreaker
+
         registry = self._registry
         if registry is None:
             return {}
-        return {
-            rt.name: rt
-            for rt in registry._runtimes()
-            if rt.policy.shared is not None and rt.state is self
-        }
+        units: dict[str, tuple[Runtime, Breaker | None]] = {}
+        for rt in registry._runtimes():
+            if rt.policy.shared is None or rt.state is not self:
+                continue
+            units[rt.name] = (rt, None)
+            for breaker in rt.endpoint_breakers.values():
+                if isinstance(breaker, AdvisoryBreaker):
+                    units[breaker.sync_key] = (rt, breaker)
+        return units
 
     async def sync(self) -> bool:
         """Sync now: send this replica's summary, act on the aggregates; True if it worked."""
@@ -483,8 +491,8 @@ class SharedState:
     async def _sync_once(self) -> bool:
         if self._health._state is not CLOSED and not self._health.would_admit():
             return False  # degraded, and no probe due yet
-        runtimes = self._shared_runtimes()
-        summaries = {name: _summary(rt) for name, rt in runtimes.items()}
+        units = self._units()
+        summaries = {name: _summary(rt, breaker) for name, (rt, breaker) in units.items()}
         asks = dict(self._asks)
         now = self.clock.now()
         # Register (every dependency sent) first; renew the lease (the record's
@@ -515,7 +523,7 @@ class SharedState:
             self._dirty.discard(name)
         for name in [n for n in self._acked if n not in summaries]:
             del self._acked[name]
-        self._apply(reply, runtimes, summaries, asks)
+        self._apply(reply, units, summaries, asks)
         return True
 
     def _sync_args(
@@ -551,7 +559,7 @@ class SharedState:
     def _apply(
         self,
         reply: list[Any],
-        runtimes: dict[str, Runtime],
+        units: dict[str, tuple[Runtime, Breaker | None]],
         summaries: dict[str, list[int]],
         asks: dict[str, tuple[str, int]],
     ) -> None:
@@ -584,7 +592,10 @@ class SharedState:
                     self._dirty.add(name)
                 generations[name] = view[1]
             self._views[name] = dep_view
-            rt = runtimes[name]
+            rt, endpoint_breaker = units[name]
+            if isinstance(endpoint_breaker, AdvisoryBreaker):
+                endpoint_breaker.follow(dep_view, own=name in asks)
+                continue
             if isinstance(rt.breaker, AdvisoryBreaker):
                 rt.breaker.follow(dep_view, own=name in asks)
             if isinstance(rt.bulkhead, SharedBulkhead):
@@ -706,16 +717,17 @@ def _view(raw: Any, now: float, cap: int) -> tuple[DependencyView, float] | None
     return view, ag
 
 
-def _summary(rt: Runtime) -> list[int]:
-    """[tripped, evidence, released, in_use, demand, cap] of one dependency, for a sync."""
+def _summary(rt: Runtime, endpoint_breaker: Breaker | None = None) -> list[int]:
+    """[tripped, evidence, released, in_use, demand, cap] of one dependency (or of one
+    endpoint's advisory breaker), for a sync."""
     from ._breaker import AdvisoryBreaker
     from ._bulkhead import SharedBulkhead
 
     tripped = evidence = released = in_use = demand = cap = 0
-    breaker = rt.breaker
+    breaker = endpoint_breaker if endpoint_breaker is not None else rt.breaker
     if isinstance(breaker, AdvisoryBreaker):
         tripped, evidence = breaker.evidence()
     bulkhead = rt.bulkhead
-    if isinstance(bulkhead, SharedBulkhead):
+    if endpoint_breaker is None and isinstance(bulkhead, SharedBulkhead):
         released, in_use, demand, cap = bulkhead.summary()
     return [tripped, evidence, released, in_use, demand, cap]
