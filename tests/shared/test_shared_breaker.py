@@ -15,6 +15,7 @@ from shared_redis_server import RedisServer
 import seawall
 from seawall._shared import AdvisoryBreaker
 from seawall._shared._breaker import endpoint_key
+from seawall._shared._lua import AGGREGATE
 
 pytestmark = pytest.mark.anyio
 
@@ -308,3 +309,36 @@ async def test_a_sync_carries_one_endpoint_when_only_its_breaker_changed(
     await sync(a)
     assert a.state is not None
     assert a.state._sending == [endpoint_key("pay", BACKUP)]
+
+
+async def test_an_endpoint_removed_by_a_reload_is_taken_out_of_its_aggregate(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    def config(*endpoints: str) -> dict[str, object]:
+        return {
+            "dependencies": {
+                "pay": {
+                    "endpoints": list(endpoints),
+                    "breaker": {"minimum_calls": 4, "window_size": 10},
+                    "shared": {"breaker": "advisory"},
+                }
+            }
+        }
+
+    other = "https://other.example"
+    registry = seawall.Registry.from_config(
+        config(PRIMARY, BACKUP), clock=cluster.clock, state=cluster.state()
+    )
+    await cluster.stack.enter_async_context(registry)
+    client = redis_server.client()
+    agg = f"{{seawall:{cluster.namespace}}}:agg"
+
+    def live(endpoint: str) -> int | None:
+        raw = client.hget(agg, endpoint_key("pay", endpoint))
+        return None if raw is None else AGGREGATE.unpack(raw)[1]
+
+    assert (live(PRIMARY), live(BACKUP), live(other)) == (1, 1, None)
+    registry.reload(config(PRIMARY, other))
+    await sync(registry)
+    assert (live(PRIMARY), live(BACKUP), live(other)) == (1, 0, 1)
+    client.close()
