@@ -161,8 +161,9 @@ class SharedState:
         self._said_degraded = False
         #: Keys the shared cache entries of requests with credentials (None: not shared).
         self.cache_secret: bytes | None = None
-        #: Whether the server has a native GCRA command (probed at start, and again
-        #: once the scripts were loaded anew); the shared rate limit then uses it.
+        #: Whether the server has a native GCRA command (probed after the first sync
+        #: that works, and again once the scripts were loaded anew); the shared rate
+        #: limit then uses it.
         self.native_gcra = False
         self._probe_due = False
 
@@ -235,7 +236,7 @@ class SharedState:
         self._last_full = -math.inf
         await self._open()
         self.status = "degraded"
-        await self._probe()
+        self._probe_due = True  # after the first sync that works (not slower to start)
         await self.sync()
         self._log_status()
         self._task = asyncio.get_running_loop().create_task(self._loop())
