@@ -229,7 +229,7 @@ class RedisState(SharedState):
             # A restarted (or SCRIPT FLUSHed) server: load it again, once; it may
             # be another build (failover): ask again whether it has GCRA.
             await client.script_load(script.source)
-            self._probe_due = True
+            self._probe_due = self._probe_due or script.name != "probe"
             return await client.evalsha(script.sha, 1, self.prefix, *args)
 
     async def _gcra(self, key: str, max_burst: int, period: float, tokens: int) -> list[Any]:

@@ -4,6 +4,7 @@ back, pressure, leases swept, strict mode, FIFO waiting, re-registration after a
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 from shared_helpers import Cluster, Replica, shared_policy, until
 from shared_redis_server import RedisServer
@@ -273,3 +274,45 @@ async def test_strict_mode_a_release_waiting_behind_one_in_flight_rides_on_the_n
         assert (trips["grant"], trips["release"]) == (3, 2)  # not 3 releases
         await a.sync()
         assert a.state.view("pay").slots == 0
+
+
+async def test_strict_mode_never_exceeds_the_cap_and_leaks_no_slot_under_churn(
+    cluster: Cluster,
+) -> None:
+    import random
+
+    # Calls wait in line (max_wait) while the replicas sync every 50 ms, so slots
+    # move between replicas: grants, releases, slots taken in the same turn,
+    # releases riding on grants, all at once.
+    replicas = await cluster.add(capped(4, step=1, idle=0.0, max_wait=5.0), 3, sync_interval=0.05)
+    rng = random.Random(14)
+    in_flight = peak = done = 0
+
+    async def work() -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            for _ in range(rng.randrange(4)):
+                await anyio.lowlevel.checkpoint()  # other calls start and end meanwhile
+        finally:
+            in_flight -= 1
+
+    async def caller(replica: Replica) -> None:
+        nonlocal done
+        for _ in range(20):
+            await replica.guard.call(work)
+            done += 1
+            for _ in range(rng.randrange(3)):
+                await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        for replica in replicas:
+            for _ in range(3):
+                tg.start_soon(caller, replica)
+    assert done == 9 * 20
+    assert peak <= 4
+    assert all(r.state.counters.local_decisions["bulkhead"] == 0 for r in replicas)
+    await until(lambda: all(r.bulkhead.held == 0 and r.bulkhead._flush is None for r in replicas))
+    await cluster.sync_all()
+    assert replicas[0].state.view("pay").slots == 0
