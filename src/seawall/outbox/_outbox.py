@@ -9,12 +9,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import httpx
 import sniffio
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -309,7 +310,14 @@ class Outbox:
         )
         with tel.enqueue_span(dependency) as span:
             row["trace_context"] = span.carrier
-            inserted = (await session.execute(self._stmts.insert, row)).scalar()
+            result = await session.execute(self._stmts.insert, row)
+            inserted: int | None
+            if self._stmts.insert_returns:
+                inserted = result.scalar()
+            else:  # SQLite: ON CONFLICT DO NOTHING changed 0 rows, or 1 (its rowid)
+                found = cast("CursorResult[Any]", result)
+                key = found.inserted_primary_key if found.rowcount == 1 else None
+                inserted = None if key is None else int(key[0])
             created = inserted is not None
             entry_id = await self._existing(session, row) if inserted is None else int(inserted)
             span.created(entry_id, created)

@@ -106,11 +106,15 @@ class Statements:
         from sqlalchemy.dialects import postgresql, sqlite
 
         insert: Any = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
-        self.insert = (
-            insert(t)
-            .on_conflict_do_nothing(index_elements=[t.c.dependency, t.c.idempotency_key])
-            .returning(t.c.id)
+        self.insert = insert(t).on_conflict_do_nothing(
+            index_elements=[t.c.dependency, t.c.idempotency_key]
         )
+        #: PostgreSQL: ``RETURNING id`` says whether a row went in. SQLite: the row
+        #: count and ``lastrowid`` say it without RETURNING, whose rows aiosqlite
+        #: fetches in a second trip to its thread (and SQLite 3.24 has no RETURNING).
+        self.insert_returns = dialect.name == "postgresql"
+        if self.insert_returns:
+            self.insert = self.insert.returning(t.c.id)
         self.existing = sa.select(t.c.id, t.c.fingerprint).where(
             t.c.dependency == sa.bindparam("dependency"),
             t.c.idempotency_key == sa.bindparam("idempotency_key"),
