@@ -3,8 +3,9 @@
 Its cycle never holds a connection while calling out: a claim is one short
 committed transaction; sends run with nothing checked out; results are
 written in groups (every ``flush_interval`` or when the sends in flight are
-all done). Verifications, compensations, expired leases, the gauges' counts
-and retention run on their own, slower beat.
+all done). On PostgreSQL the next claim rides in the statement that writes a
+group: one round trip for both. Verifications, compensations, expired
+leases, the gauges' counts and retention run on their own, slower beat.
 """
 
 from __future__ import annotations
@@ -237,9 +238,12 @@ class Dispatcher:
         """Keep up to ``batch_size`` entries claimed, ``concurrency`` of them sending.
 
         Claims come in groups (one statement for many entries): a new claim is
-        made when half the batch has gone, not for each slot that frees. An
-        entry waits in ``_queue`` at most until its lease could no longer cover
-        a whole send; then it is given back unsent (see ``_start``).
+        made when half the batch has gone, not for each slot that frees. On
+        PostgreSQL, while results wait to be written, the writer makes that
+        claim in the statement that writes them (see ``_writer``); this loop
+        claims alone when there is nothing to write (start, a commit's wake-up,
+        a poll). An entry waits in ``_queue`` at most until its lease could no
+        longer cover a whole send; then it is given back unsent (see ``_start``).
         """
         failures = 0
         half = max(1, self.batch_size // 2)
@@ -319,7 +323,8 @@ class Dispatcher:
             self._slot_event.set()
 
     async def _writer(self, done: anyio.Event) -> None:
-        """Write results in groups: half a batch, or ``flush_interval`` after the first."""
+        """Write results in groups: half a batch, or ``flush_interval`` after the first;
+        on PostgreSQL, claim the room left in the same statement (``Worker.exchange``)."""
         failures = 0
         half = max(1, self.batch_size // 2)
         try:
