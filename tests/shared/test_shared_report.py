@@ -190,3 +190,28 @@ async def test_status_app_scope_cluster_needs_a_shared_breaker(cluster: Cluster)
     assert response.status_code == 409
     assert "does not share its breaker" in response.json()["error"]
     assert a.registry.breaker("local-only").state.value == "closed"
+
+
+async def test_status_app_scope_cluster_reaches_every_endpoint_breaker(cluster: Cluster) -> None:
+    """A dependency with endpoints has an advisory breaker per endpoint: all are forced."""
+    endpoints = ["https://primary.example", "https://backup.example"]
+    replicas = []
+    for _ in range(2):
+        registry = seawall.Registry(clock=cluster.clock, state=cluster.state())
+        registry.add(
+            "pay",
+            endpoints=endpoints,
+            transport=httpx.MockTransport(lambda request: httpx.Response(200)),
+            policy=shared_policy(shared=ADVISORY),
+        )
+        await cluster.stack.enter_async_context(registry)
+        replicas.append(registry)
+    a, b = replicas
+    response = await post(a, "/pay/breaker/force-open?scope=cluster")
+    assert response.status_code == 200
+    for registry in (a, b, a, b):
+        assert registry.state is not None
+        assert await registry.state.sync()
+    assert {url: br.state.value for url, br in b.breakers("pay").items()} == dict.fromkeys(
+        endpoints, "forced_open"
+    )
