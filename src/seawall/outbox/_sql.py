@@ -97,6 +97,16 @@ _RESULT_COLUMNS = (
 )
 
 
+def _padded(n: int) -> int:
+    """The size of the statement that writes *n* results: the next power of two.
+
+    A few statement shapes instead of one per group size: PostgreSQL prepares
+    each shape once per connection (a round trip, and planning), and a group
+    size met once would be prepared for one use.
+    """
+    return 1 << max(0, n - 1).bit_length()
+
+
 class Statements:
     """The statements of one outbox table on one dialect (``postgresql`` or ``sqlite``)."""
 
@@ -211,11 +221,11 @@ class Statements:
         entry of an ordering key) is claimed by a later claim, not this one.
         """
         shape, params = self._claim_sends_params(claim)
-        key = (len(rows), shape)
+        key = (_padded(len(rows)), shape)
         stmt = self._exchanges.get(key)
         if stmt is None:
             written = (
-                sa.text(self._results_sql(len(rows)))
+                sa.text(self._results_sql(key[0]))
                 .columns(sa.column("id", sa.BigInteger()))
                 .cte("w")
             )
@@ -373,7 +383,7 @@ class Statements:
         self, rows: Sequence[ResultRow], now: float
     ) -> tuple[sa.TextClause, dict[str, Any]]:
         """One fenced UPDATE for a group of results; RETURNING the ids still ours."""
-        n = len(rows)
+        n = _padded(len(rows))
         sql = self._result_sql.get(n)
         if sql is None:
             sql = self._result_sql[n] = sa.text(self._results_sql(n))
@@ -381,7 +391,12 @@ class Statements:
 
     @staticmethod
     def _result_params(rows: Sequence[ResultRow], now: float) -> dict[str, Any]:
+        """The parameters of a group of results, padded to its statement's size with rows
+        of NULLs (their id matches no row)."""
         params: dict[str, Any] = {"now": now}
+        for i in range(len(rows), _padded(len(rows))):
+            for name, _ in _RESULT_COLUMNS:
+                params[f"{name}{i}"] = None
         for i, r in enumerate(rows):
             params[f"id{i}"] = r.id
             params[f"tok{i}"] = r.token
