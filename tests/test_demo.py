@@ -1,6 +1,6 @@
-"""`seawall demo`: the summary it prints, Ctrl-C, a busy port.
+"""`seawall demo`: the summary it prints, the ledger check, Ctrl-C, a busy port.
 
-These run the real thing: two fault-injecting upstreams, both app variants
+These run the real thing: two fake payment providers, both app variants
 under uvicorn in child processes, and the traffic generator.
 """
 
@@ -15,9 +15,27 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
+from seawall._demo.runner import ledger_check
+from seawall._demo.upstream import ledger
+from seawall.testing import PaymentProvider
+
 DEMO = [sys.executable, "-m", "seawall", "demo"]
+#: The figures of the ledger check, for both shops; the seawall shop's outbox adds the rest.
+LEDGER = {
+    "charges",
+    "refunded",
+    "charged",
+    "orders",
+    "paid",
+    "charged_twice",
+    "lost",
+    "paid_not_charged",
+    "cancelled_but_charged",
+}
+OUTBOX = {"verified", "compensated", "pending", "unknown"}
 
 
 def _sockets_of(pid: int) -> int:
@@ -95,6 +113,18 @@ def test_the_summary_has_the_documented_shape(summary: dict[str, object]) -> Non
     assert set(comparison["payments_completed"]) == {"plain", "seawall"}
     for figures in comparison["catalog_p99"].values():
         assert set(figures) == {"healthy_p99_ms", "storm_p99_ms", "ratio"}
+    # Additive: the ledger check.
+    assert set(runs["plain"]["payments"]) == LEDGER
+    assert set(runs["seawall"]["payments"]) == LEDGER | OUTBOX
+    for variant in ("plain", "seawall"):
+        payments = runs[variant]["payments"]
+        assert comparison["payments_completed"][variant] == payments["paid"]
+        assert comparison["ledger"][variant] == {
+            "charged_twice": payments["charged_twice"],
+            "lost": payments["lost"],
+        }
+    assert summary["payment_window_s"] == 10.0
+    assert "drained_s" in summary
 
 
 @pytest.mark.slow  # the summary's demo run takes ~18 s
@@ -115,17 +145,120 @@ def test_seawall_keeps_the_catalog_healthy_while_the_plain_app_does_not(
 
 
 @pytest.mark.slow  # the summary's demo run takes ~18 s
-def test_seawall_fails_payments_fast_once_the_breaker_opens(summary: dict[str, object]) -> None:
+def test_seawall_takes_every_order_at_once_and_its_outbox_rides_out_the_hang(
+    summary: dict[str, object],
+) -> None:
     runs = summary["runs"]
     assert isinstance(runs, dict)
     pay = runs["seawall"]["routes"]["/pay"]
-    outcomes = runs["seawall"]["dependencies"]["payments"]["outcomes"]
-    assert outcomes.get("circuit_open", 0) > 0
-    assert pay["statuses"].get("503", 0) > 0
-    # Most /pay answers during the hang are fast refusals, not 10 s waits.
+    # /pay records the order and its charge in one transaction and answers
+    # 202: no customer waits for the hung provider.
+    assert set(pay["statuses"]) == {"202"}
     assert pay["p50_ms"] < 1000
+    # The outbox's dispatcher met the hang: unknown outcomes, then an open
+    # breaker that stopped it sending.
+    outcomes = runs["seawall"]["dependencies"]["payments"]["outcomes"]
+    assert outcomes.get("outcome_unknown", 0) > 0
+    assert outcomes.get("circuit_open", 0) > 0
     plain_pay = runs["plain"]["routes"]["/pay"]
     assert plain_pay["p99_ms"] > 4000  # the plain app waits out httpx's 5 s timeout
+
+
+@pytest.mark.slow  # the summary's demo run takes ~18 s
+def test_the_ledger_check_catches_the_plain_shop_and_clears_the_seawall_shop(
+    summary: dict[str, object],
+) -> None:
+    runs = summary["runs"]
+    assert isinstance(runs, dict)
+    plain, ours = runs["plain"]["payments"], runs["seawall"]["payments"]
+    # Hung charges were made; the customers who clicked again were charged again.
+    # (How many orders end up lost, every click failed, depends on where the
+    # last hung charges fall against the end of the run: not asserted here.)
+    assert plain["charged_twice"] > 0
+    assert plain["charges"] > plain["charged"]
+    assert plain["paid_not_charged"] == 0
+    # The seawall shop: one charge per order, every charge an order of its own.
+    assert ours["charged_twice"] == 0
+    assert ours["lost"] == 0
+    assert ours["paid_not_charged"] == 0
+    assert ours["cancelled_but_charged"] == 0
+    assert ours["verified"] > 0  # unknown outcomes settled by asking the provider
+    assert ours["paid"] + ours["compensated"] + ours["pending"] + ours["unknown"] == ours["orders"]
+
+
+def test_a_short_run_leaves_the_seawall_ledger_clean() -> None:
+    result = subprocess.run(
+        [
+            *DEMO,
+            *("--duration", "3", "--scenario", "hang", "--json"),
+            *("--pay-clients", "20", "--catalog-clients", "2", "--think", "0.5"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    ours = json.loads(result.stdout)["runs"]["seawall"]["payments"]
+    assert ours["orders"] > 0
+    assert ours["charged_twice"] == 0
+    assert ours["lost"] == 0
+    assert ours["paid_not_charged"] == 0
+    assert ours["cancelled_but_charged"] == 0
+    # Each order is paid, cancelled or still on its way: none vanished.
+    assert ours["paid"] + ours["compensated"] + ours["pending"] + ours["unknown"] == ours["orders"]
+
+
+@pytest.mark.parametrize(
+    ("charges", "orders", "expected"),
+    [
+        pytest.param(
+            [("a", False), ("b", False), ("b", False), ("c", False), ("d", True)],
+            {"a": "paid", "b": "paid"},
+            {"charged": 3, "charged_twice": 1, "lost": 1, "refunded": 1},
+            id="twice-and-lost",
+        ),
+        pytest.param(
+            [("a", True), ("b", False)],
+            {"a": "cancelled", "b": "cancelled", "c": "paid"},
+            {"cancelled_but_charged": 1, "paid_not_charged": 1, "lost": 0},
+            id="inconsistent",
+        ),
+    ],
+)
+def test_ledger_check(
+    charges: list[tuple[str, bool]], orders: dict[str, str], expected: dict[str, int]
+) -> None:
+    found = ledger_check(
+        [{"order_id": o, "cancelled": c} for o, c in charges],
+        orders,
+        {"outbox": {"payments": {"pending": 2, "dispatching": 1, "unknown": 4}}},
+    )
+    assert found | expected == found
+    assert found["charges"] == len(charges)
+    assert found["orders"] == len(orders)
+    assert (found["pending"], found["unknown"]) == (3, 4)
+
+
+def test_the_providers_ledger_command_lists_every_charge() -> None:
+    with PaymentProvider() as provider, httpx.Client(base_url=provider.url) as client:
+        client.post("/charges", json={"order_id": "u1-1", "amount": 42})
+        client.post("/charges", json={"order_id": "u1-1", "amount": 42})
+        client.post("/charges/u1-1/cancel")
+        line = ledger(provider)
+    assert "\n" not in line
+    assert json.loads(line) == {
+        "charges": [
+            {
+                "id": f"ch_00000{n}",
+                "order_id": "u1-1",
+                "amount": 42,
+                "idempotency_key": None,
+                "cancelled": True,
+            }
+            for n in (1, 2)
+        ]
+    }
 
 
 def test_ctrl_c_stops_everything_cleanly() -> None:

@@ -393,15 +393,17 @@ def seawall_app(
             return _BAD_ORDER
         order_id, amount = order
         # The order and its charge commit together, or neither does. A customer
-        # who clicks again finds both there (the key is the order id).
-        async with sessions() as session, session.begin():
-            await session.execute(
+        # who clicks again finds both there (the key is the order id). A
+        # connection, not a session: cheaper, and the dispatcher, polling every
+        # 0.2 s, then claims the orders of a busy shop in batches.
+        async with engine.begin() as conn:
+            await conn.execute(
                 sqlite_insert(orders)
                 .values(order_id=order_id, amount=amount, status="pending")
                 .on_conflict_do_nothing()
             )
             await outbox.enqueue(
-                session,
+                conn,
                 "payments",
                 "POST",
                 "/charges",
@@ -454,7 +456,7 @@ def seawall_app(
         await outbox.create_schema()
         try:
             # The dispatcher stops first, then the registry closes its clients.
-            async with registry.lifespan(app), outbox.dispatcher(concurrency=8):
+            async with registry.lifespan(app), outbox.dispatcher(concurrency=8, poll_interval=0.2):
                 yield
         finally:
             await engine.dispose()
