@@ -345,3 +345,19 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+async def test_enqueue_on_a_connection_returns_the_id_and_finds_a_repeat(outbox: Outbox) -> None:
+    """An AsyncConnection in a transaction serves as well as a session (SQLite learns the
+    id from lastrowid, PostgreSQL from RETURNING)."""
+    async with outbox.engine.begin() as conn:
+        await conn.execute(sa.text("SELECT 1"))  # the user's own work
+        first = await outbox.enqueue(conn, "payments", "POST", "/v1/charges", idempotency_key="c")
+        other = await outbox.enqueue(conn, "payments", "POST", "/v1/charges")
+        again = await outbox.enqueue(conn, "payments", "POST", "/v1/charges", idempotency_key="c")
+    assert (first.created, other.created, again.created) == (True, True, False)
+    assert again.id == first.id != other.id
+    assert [(r["id"], r["idempotency_key"]) for r in await rows(outbox)] == [
+        (first.id, "c"),
+        (other.id, other.idempotency_key),
+    ]
