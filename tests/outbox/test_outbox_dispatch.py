@@ -522,3 +522,24 @@ async def test_a_running_dispatcher_claims_in_the_statement_that_writes_results(
         assert exchanges
     else:
         assert not exchanges
+
+
+async def test_a_commit_while_a_claim_finds_nothing_is_not_left_for_the_next_poll(
+    outbox: Outbox, upstream: FaultyUpstream
+) -> None:
+    """The claim's snapshot may miss an entry committed while it ran; the commit's wake-up
+    makes the dispatcher claim again at once instead of waiting out poll_interval."""
+    d = outbox.dispatcher(poll_interval=600)
+    real = d.worker.claim_sends
+    refs: list[Any] = []
+
+    async def claim_then_commit(limit: int) -> Any:
+        found = await real(limit)
+        if not refs:
+            refs.append(await enqueue(outbox))  # commits: wakes the dispatcher
+        return found
+
+    d.worker.claim_sends = claim_then_commit  # type: ignore[method-assign]
+    async with d:
+        await eventually(lambda: bool(refs) and succeeded(outbox, refs[0].id), within=10)
+    assert upstream.count() == 1

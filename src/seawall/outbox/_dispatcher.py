@@ -126,6 +126,9 @@ class Dispatcher:
         self._claiming = 0
         #: The last claim found fewer entries due than it asked for.
         self._drained = False
+        #: Wake-ups so far: a claim that came back short is "drained" only if no commit
+        #: woke the dispatcher while it ran (its entries may be past the claim's snapshot).
+        self._wakes = 0
         #: PostgreSQL: the writer claims in the statement that writes the results.
         self._merge = outbox._stmts.dialect == "postgresql"
         self._done = anyio.Event()
@@ -209,6 +212,7 @@ class Dispatcher:
     def wake(self) -> None:
         """Look for work now (a commit enqueued some) rather than at the next poll."""
         self._drained = False
+        self._wakes += 1
         self._wake_event.set()
 
     async def run(self) -> None:
@@ -265,6 +269,7 @@ class Dispatcher:
                 await self._slot_event.wait()
                 continue
             self._claiming = room
+            wakes = self._wakes
             try:
                 claims = await self.worker.claim_sends(room)
             except Exception as exc:
@@ -274,7 +279,7 @@ class Dispatcher:
             finally:
                 self._claiming = 0
             failures = 0
-            self._take(claims, room)
+            self._take(claims, room, wakes)
         # Stopping: what was claimed but never started goes back, unsent.
         unsent, self._queue = list(self._queue), collections.deque()
         if unsent:
@@ -285,9 +290,13 @@ class Dispatcher:
         """How many more entries may be claimed: batch_size less those held or being claimed."""
         return self.batch_size - len(self._queue) - self._in_flight - self._claiming
 
-    def _take(self, claims: list[Claim], asked: int) -> None:
-        """Queue fresh claims and start them (give them back if stopping meanwhile)."""
-        if len(claims) < asked:
+    def _take(self, claims: list[Claim], asked: int, wakes: int) -> None:
+        """Queue fresh claims and start them (give them back if stopping meanwhile).
+
+        *wakes* is the wake-up count when the claim began: a commit since then
+        may have made more entries due than the claim saw.
+        """
+        if len(claims) < asked and wakes == self._wakes:
             self._drained = True
         if self._stopping:
             if claims:
@@ -343,6 +352,7 @@ class Dispatcher:
                     if self._merge and not self._stopping and not self._drained:
                         limit = max(0, self._room())
                     self._claiming = limit
+                    wakes = self._wakes
                     try:
                         lost, claims = await self.worker.exchange(batch, limit)
                     except Exception as exc:
@@ -361,7 +371,7 @@ class Dispatcher:
                     failures = 0
                     self.lease_lost += lost
                     batch = []
-                    self._take(claims, limit)
+                    self._take(claims, limit, wakes)
                     self._slot_event.set()  # the claim loop looks again
                 if self._results:
                     self._result_event.set()  # more came while writing
