@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -314,32 +315,43 @@ class Opening:
 
 
 def followed(
-    openings: Sequence[Opening], records: Sequence[Record], since: float
+    openings: Sequence[Opening], records: Sequence[Record], since: float, replicas: int = 2
 ) -> dict[str, Any] | None:
     """The summary's "second replica" figures for the breakers' first openings after *since*.
 
-    The first replica to open opened on its own evidence; the next one to open
-    followed it (``cause`` ``"shared"``) or did not. Counts the second
-    replica's payments requests that reached the provider from *since* (the
-    provider's trouble began) to its opening, and from the first one's opening
-    to its own. None when fewer than two replicas opened.
+    The first replica to open opened on its own evidence; the second (the next
+    one to open, or else another replica, which never opened) followed it
+    (``cause`` ``"shared"``), opened on its own calls (``"local"``), or stayed
+    closed (``None``: its own calls were healthy enough, and local evidence
+    wins). Counts the second replica's payments requests that reached the
+    provider from *since* (the provider's trouble began) to its opening (or
+    to the end, if it never opened), and from the first one's opening on.
+    None when no replica opened.
     """
     first_of: dict[int, Opening] = {}
     for o in sorted(openings, key=lambda o: o.at):
         if o.at >= since and o.replica not in first_of:
             first_of[o.replica] = o
-    if len(first_of) < 2:
+    if not first_of:
         return None
-    first, second = sorted(first_of.values(), key=lambda o: o.at)[:2]
-    sent = [r.start for r in records if r.replica == second.replica]
+    in_order = sorted(first_of.values(), key=lambda o: o.at)
+    first = in_order[0]
+    if len(in_order) > 1:
+        second: Opening | None = in_order[1]
+        replica = in_order[1].replica
+    else:
+        second = None
+        replica = next(i for i in range(replicas) if i != first.replica)
+    until = math.inf if second is None else second.at
+    sent = [r.start for r in records if r.replica == replica]
     return {
         "first": {"replica": first.replica + 1, "cause": first.cause},
         "second": {
-            "replica": second.replica + 1,
-            "cause": second.cause,
-            "opened_after_first_s": round(second.at - first.at, 3),
-            "calls_before_open": sum(1 for t in sent if since <= t < second.at),
-            "calls_after_first_opened": sum(1 for t in sent if first.at <= t < second.at),
+            "replica": replica + 1,
+            "cause": None if second is None else second.cause,
+            "opened_after_first_s": None if second is None else round(second.at - first.at, 3),
+            "calls_before_open": sum(1 for t in sent if since <= t < until),
+            "calls_after_first_opened": sum(1 for t in sent if first.at <= t < until),
         },
     }
 
@@ -674,7 +686,7 @@ class Fleet:
                 for i in range(self.replicas)
             ]
             if variant == "seawall" and since is not None:
-                follow = followed(self.openings, records, started + since)
+                follow = followed(self.openings, records, started + since, self.replicas)
         return {
             "count": self.replicas,
             "redis": self.redis,
