@@ -178,6 +178,34 @@ async def test_no_verifier_on_a_key_ignoring_dependency_stays_unknown_and_reconc
     assert (await row(outbox, ref.id))["state"] == "succeeded"
 
 
+async def test_unknown_past_max_age_with_a_verifier_is_flagged_and_reconcile_exits_3(
+    outbox: Outbox, upstream: FaultyUpstream, clock: ManualClock
+) -> None:
+    outbox.route("payments", max_age=3600)
+    upstream.route("/v1/charges", Fault.hang())
+    asked: list[int] = []
+
+    @outbox.verifier("payments")
+    async def verify(entry: Entry, client: Any) -> Verdict:
+        asked.append(entry.id)
+        return Verdict.unknown()  # the provider cannot say either
+
+    ref = await enqueue(outbox)
+    d = outbox.dispatcher()
+    await d.run_once()
+    assert (await row(outbox, ref.id))["state"] == "unknown"
+    clock.advance(7200)  # past max_age, and the verify time
+    await d.drain()
+    entry = await row(outbox, ref.id)
+    assert asked == [ref.id]
+    assert (entry["state"], entry["needs_attention"]) == ("unknown", True)
+    report = await outbox.reconcile(older_than=60)
+    assert report.exit_code == 3
+    assert [a["id"] for a in report.attention] == [ref.id]
+    assert "max_age" in report.attention[0]["reason"]
+    assert upstream.count() == 1  # never resent
+
+
 async def test_outcome_unknown_error_without_a_key_is_unknown(
     outbox: Outbox, upstream: FaultyUpstream
 ) -> None:

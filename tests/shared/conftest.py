@@ -81,3 +81,12 @@ async def cluster(
 ) -> AsyncIterator[Cluster]:
     async with contextlib.AsyncExitStack() as stack:
         yield Cluster(redis_server.url, namespace, clock, stack)
+
+
+@pytest.fixture
+async def faulty(
+    own_redis: RedisServer, namespace: str, clock: ManualClock
+) -> AsyncIterator[Cluster]:
+    """Replicas on a redis-server of the test's own (``own_redis``), to break."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield Cluster(own_redis.url, namespace, clock, stack)

@@ -7,9 +7,7 @@ itself runs on the ManualClock, so its open time is moved past by hand.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -36,14 +34,6 @@ def policy(shared: seawall.Shared = EVERY_CALL_ASKS) -> seawall.Policy:
         bulkhead=seawall.Bulkhead(max_concurrent=10),
         rate_limit=seawall.RateLimit(rate=1000, burst=1000),
     )
-
-
-@pytest.fixture
-async def faulty(
-    own_redis: RedisServer, namespace: str, clock: ManualClock
-) -> AsyncIterator[Cluster]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield Cluster(own_redis.url, namespace, clock, stack)
 
 
 async def recover(replica: Replica, clock: ManualClock) -> None:

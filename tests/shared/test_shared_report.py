@@ -4,8 +4,7 @@ None for a dependency that shares nothing. The span carries the same value."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -18,7 +17,6 @@ from shared_redis_server import RedisServer
 import seawall
 import seawall.telemetry
 from seawall.asgi import status_app
-from seawall.testing import ManualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -29,14 +27,6 @@ EVERY_CALL_ASKS = seawall.Shared(
 
 def policy() -> seawall.Policy:
     return shared_policy(shared=EVERY_CALL_ASKS, bulkhead=seawall.Bulkhead(max_concurrent=10))
-
-
-@pytest.fixture
-async def faulty(
-    own_redis: RedisServer, namespace: str, clock: ManualClock
-) -> AsyncIterator[Cluster]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield Cluster(own_redis.url, namespace, clock, stack)
 
 
 @pytest.fixture
