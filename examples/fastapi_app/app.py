@@ -121,14 +121,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await shop.create_schema(engine)
-        # Warn if a handler ever calls out while it holds a transaction.
-        unwatch = seawall.db.watch(engine)
-        try:
+        # Tables, a warning for any call made inside a transaction; the engine
+        # disposed once the dispatcher has stopped.
+        async with shop.database(engine):
             yield
-        finally:
-            unwatch()
-            await engine.dispose()  # the dispatcher has stopped by now
 
     app = FastAPI(title="shop (seawall example)", lifespan=lifespan)
     app.state.outbox = outbox

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -41,6 +42,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import seawall
 import seawall.asgi
+import seawall.db
 from seawall.outbox import Entry, Failure, Outbox, OutboxError, Verdict, outbox_table
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "compensate_payment",
     "create_engine",
     "create_schema",
+    "database",
     "database_url",
     "get_order",
     "list_catalog",
@@ -171,6 +174,20 @@ async def create_schema(engine: AsyncEngine) -> None:
     """Create the orders and the outbox's table if missing (Alembic's job in a real project)."""
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
+
+
+@asynccontextmanager
+async def database(engine: AsyncEngine) -> AsyncIterator[None]:
+    """The app's database for its lifetime: tables created, calls made inside a
+    transaction warned about, the engine disposed at the end (enter it before
+    the outbox's dispatcher, so that the dispatcher stops first)."""
+    await create_schema(engine)
+    unwatch = seawall.db.watch(engine)
+    try:
+        yield
+    finally:
+        unwatch()
+        await engine.dispose()
 
 
 def _session(outbox: Outbox) -> AsyncSession:

@@ -16,8 +16,8 @@ repository root::
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
 import httpx
@@ -110,16 +110,10 @@ def create_app(
     engine = shop.create_engine(database_url or shop.database_url())
     outbox = shop.build_outbox(registry, engine, clock=clock)
 
-    @asynccontextmanager
-    async def database(app: Litestar) -> AsyncIterator[None]:
-        await shop.create_schema(engine)
-        # Warn if a handler ever calls out while it holds a transaction.
-        unwatch = seawall.db.watch(engine)
-        try:
-            yield
-        finally:
-            unwatch()
-            await engine.dispose()  # the dispatcher has stopped by now
+    def database(app: Litestar) -> AbstractAsyncContextManager[None]:
+        # Tables, a warning for any call made inside a transaction; the engine
+        # disposed once the dispatcher has stopped.
+        return shop.database(engine)
 
     # Entered in this order, left in reverse, all inside the registry's (the
     # plugin puts it first): the tables exist before the dispatcher starts,
