@@ -7,7 +7,9 @@ temp dir); without one they skip, except under ``CI=true``, where they fail.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -446,3 +448,107 @@ async def test_a_fleets_summary_reads_the_meters_and_the_breakers_it_watched(
         "breaker_followed": None,
         "local_decisions": {},
     }
+
+
+# -- the demo itself ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # the demo run takes ~25 s
+def test_a_demo_with_two_replicas_of_each_shop_reports_the_provider_and_the_breakers(
+    redis_url: str,
+) -> None:
+    # redis_url only makes sure a redis-server is there: the demo starts its own.
+    result = subprocess.run(
+        [
+            *DEMO,
+            *("--replicas", "2", "--duration", "10", "--scenario", "hang"),
+            *("--pay-clients", "30", "--think", "0.5", "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    fleet = summary["replicas"]
+    print(json.dumps(fleet))
+    assert fleet["count"] == 2
+    assert fleet["redis"] == "embedded"
+    assert fleet["global_cap"] == GLOBAL_CAP
+    peaks = fleet["provider_peak_concurrency"]
+    assert set(peaks) == {"plain", "seawall"}
+    # The cap holds across both seawall replicas (but for calls admitted on local
+    # state, counted); the plain replicas' hung charges pile up at the provider.
+    assert 0 < peaks["seawall"] <= GLOBAL_CAP + fleet["local_decisions"].get("bulkhead", 0)
+    assert peaks["plain"] > 0
+    # Both replicas of each shop took traffic (the round robin).
+    for calls in fleet["payments_requests_by_replica"].values():
+        assert len(calls) == 2
+        assert min(calls) > 0
+    # The hung provider opened both seawall replicas' breakers, one after the other.
+    # The hung provider opened a seawall replica's breaker on its own calls; the
+    # other followed it, opened on its own calls too, or stayed closed on its own
+    # healthy ones (status checks answer at once): each case has its figures.
+    follow = fleet["breaker_followed"]
+    assert follow is not None
+    assert follow["first"]["cause"] == "local"
+    second = follow["second"]
+    assert {follow["first"]["replica"], second["replica"]} == {1, 2}
+    assert second["cause"] in ("local", "shared", None)
+    if second["cause"] is None:
+        assert second["opened_after_first_s"] is None
+    else:
+        assert second["opened_after_first_s"] >= 0
+    assert 0 <= second["calls_after_first_opened"] <= second["calls_before_open"]
+    # The seawall shop's ledger holds with two dispatchers on one database.
+    assert summary["comparison"]["ledger"]["seawall"] == {"charged_twice": 0, "lost": 0}
+
+
+@pytest.mark.parametrize(
+    ("second", "line"),
+    [
+        pytest.param(
+            {"replica": 2, "cause": "shared", "opened_after_first_s": 0.1},
+            "replica 2 followed the first one's verdict 0.10 s later, having sent 9",
+            id="followed",
+        ),
+        pytest.param(
+            {"replica": 2, "cause": "local", "opened_after_first_s": 0.25},
+            "replica 2 opened on its own calls 0.25 s later, having sent 9",
+            id="on-its-own",
+        ),
+        pytest.param(
+            {"replica": 2, "cause": None, "opened_after_first_s": None},
+            "replica 2 stayed closed, its own calls healthy enough (it sent 9",
+            id="stayed-closed",
+        ),
+    ],
+)
+def test_the_terminal_summary_says_how_the_second_breaker_opened(
+    second: dict[str, Any], line: str
+) -> None:
+    from rich.console import Console
+
+    from seawall._demo.runner import Demo
+
+    console = Console(record=True, width=500)
+    figures = {
+        "count": 2,
+        "redis": "embedded",
+        "global_cap": GLOBAL_CAP,
+        "provider_peak_concurrency": {"plain": 30, "seawall": GLOBAL_CAP},
+        "breaker_followed": {
+            "first": {"replica": 1, "cause": "local"},
+            "second": second | {"calls_before_open": 9, "calls_after_first_opened": 0},
+        },
+    }
+    Demo._print_replicas(console, figures)
+    text = console.export_text()
+    assert (
+        f"the provider held at most 30 payments requests at once from the plain shop's, "
+        f"{GLOBAL_CAP} from seawall's (global cap {GLOBAL_CAP})" in text
+    )
+    assert "replica 1 opened first; " + line in text
+    Demo._print_replicas(console, figures | {"breaker_followed": None})
+    assert "no replica's opened" in console.export_text()

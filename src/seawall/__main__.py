@@ -27,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         "--think", type=float, default=1.0, help="seconds each client waits between requests"
     )
     demo.add_argument(
-        "--port", type=int, default=0, help="first of two ports for the apps (default: free ports)"
+        "--port",
+        type=int,
+        default=0,
+        help="first of the apps' ports: two, or 2 x --replicas (default: free ports)",
     )
     demo.add_argument(
         "--otlp-endpoint",
@@ -35,6 +38,20 @@ def main(argv: list[str] | None = None) -> int:
         help="send the seawall app's traces to this OTLP/HTTP endpoint (e.g. Jaeger's http://localhost:4318)",
     )
     demo.add_argument("--json", action="store_true", help="print only the summary, as JSON")
+    demo.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="run each shop as N replicas behind a round robin; the seawall ones share "
+        "state on Redis (default 1)",
+    )
+    demo.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="the seawall replicas' Redis, e.g. redis://localhost:6379/0 (default: start a "
+        "redis-server found on the PATH)",
+    )
     from .outbox._cli import add_parser as add_outbox_parser
 
     add_outbox_parser(commands)
@@ -50,6 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"seawall demo needs {exc.name}: pip install 'seawall[demo]'", file=sys.stderr)
         return 2
+    if args.replicas > 1:
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            print(
+                "seawall demo --replicas needs redis-py: pip install 'seawall[demo]'",
+                file=sys.stderr,
+            )
+            return 2
     from ._demo.runner import Settings, run_demo
 
     return run_demo(
@@ -62,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             base_port=args.port,
             otlp_endpoint=args.otlp_endpoint,
             json_only=args.json,
+            replicas=args.replicas,
+            redis=args.redis,
         )
     )
 

@@ -21,11 +21,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import httpx
+
+from .replicas import Fleet, ReplicasError, RoundRobin, failing_since, merge_stats
 
 VARIANTS = ("plain", "seawall")
 # Loopback HTTP only: one TLS context for every simulated user's client instead of
@@ -210,6 +213,20 @@ class _Child:
         self.errors.close()
 
 
+def _wait_serving(child: _Child, within: float = 30.0) -> None:
+    """Until *child* answers ``/_stats`` (its lifespan, the database set up, has run)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if httpx.get(child.url + "/_stats", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if child.proc.poll() is not None or time.monotonic() > deadline:
+            raise DemoError(f"the {child.variant} app did not start serving")
+        time.sleep(0.05)  # its start-up: a fraction of a second
+
+
 @dataclass
 class Settings:
     duration: float = 40.0
@@ -226,6 +243,10 @@ class Settings:
     payment_window: float | None = None
     #: After the run, how long the seawall shop's outbox may take to settle.
     drain: float = 10.0
+    #: Replicas of each shop (the seawall ones share state on Redis: see replicas.py).
+    replicas: int = 1
+    #: The seawall replicas' Redis (None: an embedded redis-server).
+    redis: str | None = None
 
 
 class Demo:
@@ -236,10 +257,22 @@ class Demo:
             )
         if not settings.duration > 0:
             raise DemoError(f"--duration must be > 0, got {settings.duration!r}")
+        if settings.replicas < 1:
+            raise DemoError(f"--replicas must be at least 1, got {settings.replicas!r}")
+        if settings.redis and settings.replicas < 2:
+            raise DemoError("--redis is for --replicas 2 or more")
         self.s = settings
         self.phases = SCENARIOS[settings.scenario]
         self.upstreams: dict[str, _Child] = {}
+        #: Each variant's first replica (the only one without --replicas): the
+        #: shop whose orders and outbox the summary reads (its replicas share them).
         self.apps: dict[str, _Child] = {}
+        #: Each variant's replicas, and the round robin the traffic takes over them.
+        self.replica_apps: dict[str, list[_Child]] = {v: [] for v in VARIANTS}
+        self.spread: dict[str, RoundRobin] = {}
+        self.fleet = Fleet(settings.replicas, settings.redis) if settings.replicas > 1 else None
+        #: The summary's "replicas" entry (with --replicas).
+        self.replica_summary: dict[str, Any] | None = None
         self.stats = {v: {r: RouteStats() for r in ROUTES} for v in VARIANTS}
         self.deps: dict[str, dict[str, Any]] = {v: {} for v in VARIANTS}
         self.phase = ""
@@ -269,29 +302,53 @@ class Demo:
         env = dict(os.environ)
         if self.s.otlp_endpoint:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.s.otlp_endpoint
-        # Each shop's orders in a SQLite file of its own, gone after the run.
+        if self.fleet is not None:
+            try:
+                self.fleet.start_redis()
+            except ReplicasError as exc:
+                raise DemoError(str(exc)) from exc
+        # Each shop's orders in a SQLite file of its own (shared by its replicas),
+        # gone after the run.
         self.tmp = tempfile.TemporaryDirectory(prefix="seawall-demo-")
+        n = self.s.replicas
         for i, variant in enumerate(VARIANTS):
             upstream = _Child(f"{variant} upstream", ["seawall._demo.upstream"], env, stdin=True)
             self.upstreams[variant] = upstream
-            port = self.s.base_port + i if self.s.base_port else 0
             db = os.path.join(self.tmp.name, f"shop-{variant}.db")
-            self.apps[variant] = _Child(
-                variant,
-                [
-                    "seawall._demo.serve",
-                    variant,
-                    upstream.url,
-                    str(port),
-                    db,
-                    str(self.payment_window),
-                ],
-                env,
+            # With replicas, each calls the provider through its own port of a meter.
+            targets = (
+                [upstream.url] if self.fleet is None else self.fleet.meter(variant, upstream.url)
             )
+            child_env = env
+            if self.fleet is not None and variant == "seawall":
+                child_env = env | self.fleet.env()
+            for j, target in enumerate(targets):
+                port = self.s.base_port + i * n + j if self.s.base_port else 0
+                name = variant if n == 1 else f"{variant} replica {j + 1}"
+                child = _Child(
+                    name,
+                    [
+                        "seawall._demo.serve",
+                        variant,
+                        target,
+                        str(port),
+                        db,
+                        str(self.payment_window),
+                    ],
+                    child_env,
+                )
+                self.replica_apps[variant].append(child)
+                if n > 1:  # the next replica starts once this one has set its database up
+                    _wait_serving(child)
+            self.apps[variant] = self.replica_apps[variant][0]
+            self.spread[variant] = RoundRobin([c.url for c in self.replica_apps[variant]])
 
     def stop(self) -> None:
-        for child in [*self.apps.values(), *self.upstreams.values()]:
+        replicas = [c for children in self.replica_apps.values() for c in children]
+        for child in [*replicas, *self.upstreams.values()]:
             child.stop()
+        if self.fleet is not None:
+            self.fleet.stop()
         if self.tmp is not None:
             self.tmp.cleanup()
             self.tmp = None
@@ -306,9 +363,11 @@ class Demo:
         self.set_payments("ok")
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
         async with httpx.AsyncClient(limits=limits, timeout=self.s.request_timeout) as client:
-            # Warm up: the catalog fallback needs one good response to serve stale.
+            # Warm up: the catalog fallback needs one good response to serve stale
+            # (in each replica: the catalog's cache is each replica's own).
             for variant in VARIANTS:
-                await client.get(self.apps[variant].url + "/catalog")
+                for child in self.replica_apps[variant]:
+                    await client.get(child.url + "/catalog")
             self.started = time.monotonic()
             end = self.started + self.s.duration
             async with anyio.create_task_group() as tg:
@@ -322,6 +381,9 @@ class Demo:
                     tg.start_soon(self._poll_stats, client, variant, end)
                 if not self.s.json_only:
                     tg.start_soon(self._display, end)
+                if self.fleet is not None:
+                    seawall_urls = [c.url for c in self.replica_apps["seawall"]]
+                    tg.start_soon(self.fleet.watch, client, seawall_urls, end)
                 await self._script(client, end)
             # Every customer has had an answer. The seawall shop may still be
             # charging (its outbox): let it settle, bounded, then check both
@@ -330,6 +392,11 @@ class Demo:
             for variant in VARIANTS:
                 await self._fetch_stats(client, variant)
                 await self._fetch_ledger(client, variant)
+            if self.fleet is not None:
+                since = failing_since(self.phase_times, [p.payments for p in self.phases])
+                self.replica_summary = await anyio.to_thread.run_sync(
+                    self.fleet.summary, self.started, since
+                )
         return self.summary()
 
     async def _drain(self, client: httpx.AsyncClient) -> None:
@@ -386,13 +453,19 @@ class Demo:
     async def _worker(
         self, shared: httpx.AsyncClient, variant: str, route: str, end: float, i: int
     ) -> None:
-        url = self.apps[variant].url + route
+        spread = self.spread[variant]
+
+        def url() -> str:  # each request to the next replica (the only one, without --replicas)
+            return spread() + route
+
         stats = self.stats[variant][route]
-        # Each simulated user has a connection of its own, as a browser would:
-        # one pool shared by hundreds of busy requests costs httpcore time
-        # quadratic in their number, and the generator would measure itself.
+        # Each simulated user has a connection of its own (one per replica), as a
+        # browser would: one pool shared by hundreds of busy requests costs
+        # httpcore time quadratic in their number, and the generator would
+        # measure itself.
+        n = self.s.replicas
         async with httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
             timeout=self.s.request_timeout,
             verify=_PLAIN_HTTP,
         ) as client:
@@ -401,7 +474,7 @@ class Demo:
     async def _user(
         self,
         client: httpx.AsyncClient,
-        url: str,
+        url: Callable[[], str],
         stats: RouteStats,
         route: str,
         end: float,
@@ -417,7 +490,7 @@ class Demo:
         orders = 0
         while time.monotonic() < end:
             if route == "/catalog":
-                await self._request(client, "GET", url, stats)
+                await self._request(client, "GET", url(), stats)
             else:
                 # A customer pays an order of their own choosing; if the shop
                 # fails them (a 5xx, no answer), they click again once or twice.
@@ -425,7 +498,7 @@ class Demo:
                 order = {"order_id": f"u{i}-{orders}", "amount": 42}
                 clicks = 2 if rng.random() < 0.5 else 3
                 for _ in range(clicks):
-                    status = await self._request(client, "POST", url, stats, json=order)
+                    status = await self._request(client, "POST", url(), stats, json=order)
                     if not _failed(status) or time.monotonic() >= end:
                         break
                     await anyio.sleep(self.s.think * (0.5 + rng.random()))
@@ -453,8 +526,11 @@ class Demo:
 
     async def _fetch_stats(self, client: httpx.AsyncClient, variant: str) -> None:
         try:
-            response = await client.get(self.apps[variant].url + "/_stats", timeout=2.0)
-            stats = response.json()
+            found = []
+            for child in self.replica_apps[variant]:
+                response = await client.get(child.url + "/_stats", timeout=2.0)
+                found.append(response.json())
+            stats = found[0] if len(found) == 1 else merge_stats(found)
             self.deps[variant] = stats["dependencies"]
             self.app_stats[variant] = stats
         except (httpx.HTTPError, ValueError, KeyError):
@@ -519,7 +595,7 @@ class Demo:
             "drained_s": self.drained_s,
             "runs": runs,
             "comparison": self._comparison(runs),
-        }
+        } | ({"replicas": self.replica_summary} if self.fleet is not None else {})
 
     def _comparison(self, runs: dict[str, Any]) -> dict[str, Any]:
         """The two figures the demo is judged by: payments made, and /catalog's p99
@@ -712,6 +788,43 @@ class Demo:
                 f"/catalog p99 with {label}: {c['healthy_p99_ms']:.0f} ms healthy, "
                 f"{c['storm_p99_ms']:.0f} ms during the storm ({ratio})."
             )
+        if summary.get("replicas"):
+            self._print_replicas(console, summary["replicas"])
+
+    @staticmethod
+    def _print_replicas(console: Any, replicas: dict[str, Any]) -> None:
+        peak = replicas["provider_peak_concurrency"]
+        console.print(
+            f"{replicas['count']} replicas of each shop ({replicas['redis']} Redis): the provider "
+            f"held at most {peak.get('plain', 0)} payments requests at once from the plain "
+            f"shop's, {peak.get('seawall', 0)} from seawall's (global cap "
+            f"{replicas['global_cap']})."
+        )
+        follow = replicas["breaker_followed"]
+        if follow is None:
+            console.print("seawall's payments breakers: no replica's opened.")
+            return
+        second = follow["second"]
+        first = f"seawall's payments breakers: replica {follow['first']['replica']} opened first; "
+        if second["cause"] is None:
+            console.print(
+                f"{first}replica {second['replica']} stayed closed, its own calls healthy enough "
+                f"(it sent {second['calls_before_open']} payments requests from the start of "
+                f"the provider's trouble, {second['calls_after_first_opened']} after the first "
+                "one opened)."
+            )
+            return
+        how = (
+            "followed the first one's verdict"
+            if second["cause"] == "shared"
+            else "opened on its own calls"
+        )
+        console.print(
+            f"{first}replica {second['replica']} {how} {second['opened_after_first_s']:.2f} s "
+            f"later, having sent {second['calls_before_open']} payments requests from the start "
+            f"of the provider's trouble ({second['calls_after_first_opened']} after the first "
+            "one opened)."
+        )
 
 
 def run_demo(settings: Settings) -> int:
