@@ -62,7 +62,7 @@ from _common import machine_summary, versions
 from outbox_pg_server import PgServer
 
 import seawall
-from seawall.outbox import Outbox
+from seawall.outbox import Outbox, configure_sqlite
 
 BODY = b'{"id":"ch_1","status":"succeeded"}'
 
@@ -108,17 +108,7 @@ def configure_structlog() -> None:
 
 
 def sqlite_engine(path: str, **kw: Any) -> AsyncEngine:
-    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", **kw)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")  # WAL's usual pairing: no fsync per commit
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.close()
-
-    return engine
+    return configure_sqlite(create_async_engine(f"sqlite+aiosqlite:///{path}", **kw))
 
 
 def med(values: list[float]) -> float:

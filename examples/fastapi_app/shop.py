@@ -35,7 +35,6 @@ from urllib.parse import quote
 import httpx
 import sqlalchemy as sa
 import structlog
-from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -43,7 +42,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 import seawall
 import seawall.asgi
 import seawall.db
-from seawall.outbox import Entry, Failure, Outbox, OutboxError, Verdict, outbox_table
+from seawall.outbox import (
+    Entry,
+    Failure,
+    Outbox,
+    OutboxError,
+    Verdict,
+    configure_sqlite,
+    outbox_table,
+)
 
 __all__ = [
     "ACCEPTED",
@@ -158,15 +165,7 @@ def create_engine(url: str) -> AsyncEngine:
     needs (the app's transactions and the dispatcher's writes queue, never fail)."""
     engine = create_async_engine(url)
     if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=10000")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
+        configure_sqlite(engine)
     return engine
 
 

@@ -39,7 +39,6 @@ __all__ = ["CallInTransactionError", "SeawallWarning", "allow_calls_in_transacti
 _logger = structlog.get_logger("seawall")
 
 
-
 Action = Literal["warn", "error"]
 
 # Connections in a transaction: id(connection) -> (task, action, engine label).

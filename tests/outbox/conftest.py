@@ -21,11 +21,10 @@ import pytest
 import sqlalchemy as sa
 import structlog
 from outbox_pg_server import PgServer, find_bindir
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 import seawall
-from seawall.outbox import Outbox
+from seawall.outbox import Outbox, configure_sqlite
 from seawall.testing import ManualClock
 from seawall.testing._upstream import FaultyUpstream
 
@@ -93,21 +92,10 @@ def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Any) -> str:
     return str(request.getfixturevalue("pg_database"))
 
 
-def sqlite_pragmas(engine: AsyncEngine) -> None:
-    """WAL and a busy timeout: what docs/outbox.md advises for SQLite."""
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.close()
-
-
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     engine = create_async_engine(url, **kwargs)
     if url.startswith("sqlite"):
-        sqlite_pragmas(engine)
+        configure_sqlite(engine)
     return engine
 
 

@@ -24,7 +24,7 @@ import seawall
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from seawall.outbox import Outbox
+from seawall.outbox import Outbox, configure_sqlite
 
 registry = seawall.Registry()
 registry.add(
@@ -40,12 +40,7 @@ registry.add(
 url = os.environ["OUTBOX_DB_URL"]
 engine = create_async_engine(url, pool_pre_ping=True)
 if url.startswith("sqlite"):
-    @event.listens_for(engine.sync_engine, "connect")
-    def _pragmas(dbapi_connection, _record):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
+    configure_sqlite(engine, busy_timeout=30)
 
 outbox = Outbox(registry, engine, table=os.environ["OUTBOX_TABLE"])
 outbox.route(

@@ -26,7 +26,6 @@ from urllib.parse import quote
 
 import httpx
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -69,17 +68,11 @@ def database(path: str) -> AsyncEngine:
     writers queued in SQLite's busy handler sleep up to 100 ms between tries
     (a shop's /pay p50 of 150 ms under load, against a few with one connection).
     """
-    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", pool_size=1, max_overflow=0)
+    from seawall.outbox import configure_sqlite
 
-    @event.listens_for(engine.sync_engine, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    return engine
+    return configure_sqlite(
+        create_async_engine(f"sqlite+aiosqlite:///{path}", pool_size=1, max_overflow=0)
+    )
 
 
 async def _order_of(request: Request) -> tuple[str, int] | None:

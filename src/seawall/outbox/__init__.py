@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ._ops import ReconcileReport
     from ._outbox import Outbox
     from ._schema import outbox_table
+    from ._sqlite import configure_sqlite
 
 __all__ = [
     "CallInTransactionError",
@@ -51,6 +52,7 @@ __all__ = [
     "Verdict",
     "VerdictKind",
     "WallClock",
+    "configure_sqlite",
     "outbox_table",
     "parse_duration",
 ]
@@ -58,6 +60,7 @@ __all__ = [
 _LAZY = {
     "Outbox": "._outbox",
     "outbox_table": "._schema",
+    "configure_sqlite": "._sqlite",
     "Dispatcher": "._dispatcher",
     "CycleReport": "._dispatcher",
     "ReconcileReport": "._ops",
