@@ -106,7 +106,8 @@ class BulkheadFullError(RejectedError):
     """Every slot of the dependency's bulkhead was in use (for longer than ``max_wait``).
 
     ``detail`` says which limit refused the call: ``"adaptive"`` for an
-    adaptive limit (:class:`~seawall.AdaptiveLimit`), None for a static one;
+    adaptive limit (:class:`~seawall.AdaptiveLimit`), ``"global"`` for the cap
+    across replicas (:class:`~seawall.GlobalBulkhead`), None for a static one;
     ``limit`` is that limit when the call was refused (None where unknown).
     """
 
@@ -124,7 +125,7 @@ class BulkheadFullError(RejectedError):
         super().__init__(message, dependency=dependency, report=report)
         #: The bulkhead's limit when it refused the call.
         self.limit = limit
-        #: ``"adaptive"`` when an adaptive limit refused the call, else None.
+        #: ``"adaptive"`` or ``"global"``: the limit that refused the call (None: a static one).
         self.detail = detail
 
 

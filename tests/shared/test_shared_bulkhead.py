@@ -10,6 +10,7 @@ from shared_helpers import Cluster, Replica, shared_policy, until
 from shared_redis_server import RedisServer
 
 import seawall
+from seawall._adaptive import PROBE_PATIENCE
 from seawall._shared import SharedBulkhead
 from seawall.testing import ManualClock
 
@@ -316,3 +317,48 @@ async def test_strict_mode_never_exceeds_the_cap_and_leaks_no_slot_under_churn(
     await until(lambda: all(r.bulkhead.held == 0 and r.bulkhead._flush is None for r in replicas))
     await cluster.sync_all()
     assert replicas[0].state.view("pay").slots == 0
+
+
+async def test_an_adaptive_local_limit_moves_within_the_global_cap(
+    cluster: Cluster, clock: ManualClock
+) -> None:
+    """Bulkhead.adaptive under a GlobalBulkhead: the replica's own cap follows the
+    latency (here, the probe for the minimum RTT lowers it), the grant is kept."""
+    policy = capped(40, step=20, idle=3600.0, local=20, adaptive=seawall.AdaptiveLimit())
+    (a,) = await cluster.add(policy)
+    bulkhead = a.bulkhead
+    assert isinstance(bulkhead, SharedBulkhead)
+    tokens = [bulkhead.try_acquire()]  # the pocket is empty: no slot without a grant
+    assert tokens == [None]
+    await a.succeed(1)  # one grant of 20; its latency starts the probe
+    assert bulkhead.held == 20
+    stats = bulkhead.statistics()
+    assert stats.adaptive is not None
+    assert stats.limit == 20
+    tokens = [bulkhead.try_acquire() for _ in range(6)]
+    assert all(t is not None for t in tokens)
+    bulkhead.observe(0.01, False)
+    clock.advance(PROBE_PATIENCE)
+    bulkhead.observe(0.01, False)  # the probe holds the limit at a quarter of 20
+    assert bulkhead.statistics().limit == 5
+    assert bulkhead.held == 20  # only this replica's own cap moved
+    assert bulkhead.try_acquire() is None  # 6 in flight, over 5
+    refused = bulkhead.rejection()
+    assert (refused.detail, refused.limit) == ("adaptive", 5)
+    assert "its adaptive limit now" in str(refused)
+    for token in tokens:
+        bulkhead.release(token)  # type: ignore[arg-type]
+    assert bulkhead.statistics().in_use == 0
+
+
+async def test_the_global_cap_refuses_with_detail_global(cluster: Cluster) -> None:
+    a, b = await cluster.add(capped(2, step=2, idle=3600.0), 2)
+    gate = Gate()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(gate.call, a, "a")
+        tg.start_soon(gate.call, a, "a")
+        await until(lambda: gate.running == 2)
+        with pytest.raises(seawall.BulkheadFullError) as info:
+            await b.succeed(1)
+        gate.event.set()
+    assert (info.value.detail, info.value.limit) == ("global", 2)

@@ -25,6 +25,7 @@ import math
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .._adaptive import Controller
 from .._bulkhead import BulkheadStatistics
 from .._clock import Clock
 from .._config import MAX_SECONDS, Bulkhead, GlobalBulkhead
@@ -49,6 +50,7 @@ class SharedBulkhead:
     """
 
     __slots__ = (
+        "_adaptive",
         "_backend",
         "_cap",
         "_clock",
@@ -70,6 +72,7 @@ class SharedBulkhead:
         "_released",
         "_seen",
         "_share",
+        "_static_cap",
         "_view",
         "_waiters",
         "_window_start",
@@ -91,12 +94,24 @@ class SharedBulkhead:
         self._backend = state
         self._clock = clock
         self._cap = global_config.max_concurrent
-        self._local_cap = local.max_concurrent if local is not None else self._cap
+        self._static_cap = local.max_concurrent if local is not None else self._cap
+        # An adaptive local limit (Bulkhead.adaptive) moves this replica's own cap
+        # within the global one: the provider's latency speaks for every replica.
+        self._adaptive = (
+            Controller(local.adaptive, max_concurrent=local.max_concurrent, now=clock.now())
+            if local is not None and local.adaptive is not None
+            else None
+        )
+        self._local_cap = (
+            self._static_cap
+            if self._adaptive is None
+            else min(self._static_cap, self._adaptive.limit)
+        )
         self._max_wait = local.max_wait if local is not None else 0.0
         waiting = min(MAX_SECONDS, self._max_wait + state.budget)
         self._configs = (
-            Bulkhead(max_concurrent=self._local_cap, max_wait=self._max_wait),
-            Bulkhead(max_concurrent=self._local_cap, max_wait=waiting),
+            Bulkhead(max_concurrent=self._static_cap, max_wait=self._max_wait),
+            Bulkhead(max_concurrent=self._static_cap, max_wait=waiting),
         )
         self._in_use = 0
         # Cumulative counts of this registration: granted by Redis, given back.
@@ -139,8 +154,12 @@ class SharedBulkhead:
 
     def statistics(self) -> BulkheadStatistics:
         self._follow_status()
+        adaptive = self._adaptive
         return BulkheadStatistics(
-            in_use=self._in_use, limit=self._limit, waiting=len(self._waiters)
+            in_use=self._in_use,
+            limit=self._limit,
+            waiting=len(self._waiters),
+            adaptive=None if adaptive is None else adaptive.statistics(),
         )
 
     def shared_snapshot(self) -> dict[str, Any]:
@@ -197,15 +216,34 @@ class SharedBulkhead:
             self._give_back(self._free())
 
     def observe(self, latency: float, timed_out: bool) -> None:
-        """A static cap learns nothing from latencies."""
+        """An attempt that held a slot ended after *latency* seconds: an adaptive
+        local limit learns from it (a static one ignores it)."""
+        adaptive = self._adaptive
+        if adaptive is None:
+            return
+        cap = min(
+            self._static_cap, adaptive.sample(self._clock.now(), latency, timed_out, self._in_use)
+        )
+        if cap != self._local_cap:
+            self._local_cap = cap
+            self._follow_status()  # the pocket's usable size under the new cap
+            if self._waiters:
+                self._drain()  # a higher cap frees slots for those waiting now
 
     def rejection(self) -> BulkheadFullError:
         if self._in_use >= self._local_cap:
+            adaptive = self._adaptive is not None
             message = (
-                f"bulkhead of {self.dependency!r} is full "
-                f"({self._local_cap} calls in flight from this replica)"
+                f"bulkhead of {self.dependency!r} is full ({self._local_cap} calls in flight "
+                f"from this replica, {'its adaptive limit now' if adaptive else 'its limit'})"
             )
-        elif not self._backend.connected and self.global_config.on_unavailable == "reject":
+            return BulkheadFullError(
+                message,
+                dependency=self.dependency,
+                limit=self._local_cap,
+                detail="adaptive" if adaptive else None,
+            )
+        if not self._backend.connected and self.global_config.on_unavailable == "reject":
             message = (
                 f"global bulkhead of {self.dependency!r} is unavailable "
                 "(shared state degraded, on_unavailable='reject')"
@@ -215,7 +253,9 @@ class SharedBulkhead:
                 f"global bulkhead of {self.dependency!r} is full "
                 f"({self._cap} calls in flight across replicas)"
             )
-        return BulkheadFullError(message, dependency=self.dependency)
+        return BulkheadFullError(
+            message, dependency=self.dependency, limit=self._cap, detail="global"
+        )
 
     # -- waiting -----------------------------------------------------------------------------
 
