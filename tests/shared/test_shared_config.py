@@ -309,6 +309,40 @@ async def test_telemetry_metrics_and_snapshot(
     assert shared_entry["bulkhead"]["held"] == 2
 
 
+def gauges(reader: InMemoryMetricReader, name: str) -> dict[tuple[Any, ...], Any]:
+    """*name*'s points, by their attributes' values (sorted by key)."""
+    found: dict[tuple[Any, ...], Any] = {}
+    for resource in reader.get_metrics_data().resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    for p in metric.data.data_points:
+                        found[tuple(v for _, v in sorted(p.attributes.items()))] = p.value
+    return found
+
+
+@pytest.mark.anyio
+async def test_gauges_of_the_verdict_the_replicas_and_the_slots(
+    cluster: Cluster, meter_reader: InMemoryMetricReader
+) -> None:
+    """What this replica saw at its last sync, per dependency, as OpenTelemetry gauges."""
+    shared = seawall.Shared(
+        breaker="advisory", bulkhead=seawall.GlobalBulkhead(max_concurrent=8, grant_step=2)
+    )
+    a, b, quiet = await cluster.add(shared_policy(shared=shared), 3)
+    await a.fail(4)
+    await b.fail(4)
+    await quiet.succeed(1)  # holds a grant of 2
+    await cluster.sync_all()
+    await cluster.sync_all()
+    assert gauges(meter_reader, "seawall.shared.verdict") == {("pay",): 1}
+    replicas = gauges(meter_reader, "seawall.shared.replicas")
+    assert replicas == {("pay", "live"): 3, ("pay", "tripped"): 2, ("pay", "evidence"): 2}
+    slots = gauges(meter_reader, "seawall.shared.bulkhead.slots")
+    assert slots[("pay", "limit")] == 8
+    assert slots[("pay", "cluster")] == a.bulkhead.held + b.bulkhead.held + quiet.bulkhead.held
+
+
 @pytest.mark.anyio
 async def test_no_log_event_while_all_is_well(cluster: Cluster) -> None:
     with structlog.testing.capture_logs() as logs:

@@ -649,6 +649,10 @@ class SharedState:
 
     # -- reading ---------------------------------------------------------------------
 
+    def runtimes(self) -> list[Runtime]:
+        """The shared dependencies of this state's registry (their runtimes)."""
+        return [rt for rt, breaker in self._units().values() if breaker is None]
+
     def view(self, dependency: str) -> DependencyView:
         """The last synced aggregates of *dependency* (zeros before the first sync)."""
         return self._views.get(dependency, _NO_VIEW)

@@ -8,7 +8,12 @@ telemetry settings name, as the call metrics are:
 * ``seawall.shared.sync.duration`` (histogram, s);
 * ``seawall.shared.errors`` {op, reason}; ``seawall.shared.round_trips`` {op};
 * ``seawall.shared.local_decisions`` {feature}: a decision taken on local
-  state because Redis was degraded or slower than ``budget``.
+  state because Redis was degraded or slower than ``budget``;
+* per shared dependency, as this replica saw them at its last sync (gauges,
+  {seawall.dependency}): ``seawall.shared.verdict`` (1 open, 0 closed; an
+  advisory breaker), ``seawall.shared.replicas`` {seawall.shared.role: live,
+  tripped, evidence}, ``seawall.shared.bulkhead.slots`` {seawall.shared.scope:
+  replica (held here), cluster (held by all), limit (the global cap)}.
 
 Log events (structlog, once per transition): ``seawall.shared.degraded``
 (warning) and ``seawall.shared.recovered`` (info). No URL, password or key
@@ -28,8 +33,10 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .._compat import meter_provider_set
 from ..telemetry import _otel
+from ..telemetry._redact import mask_url
 
 if TYPE_CHECKING:
+    from .._runtime import Runtime
     from ._state import SharedState
 
 __all__ = ["Counters", "logger", "metrics_for", "wait_event"]
@@ -88,6 +95,24 @@ class _Instruments:
             callbacks=[_observe_state],
             description="Shared state: 0 connected, 1 degraded.",
         )
+        meter.create_observable_gauge(
+            "seawall.shared.verdict",
+            callbacks=[_observe_verdicts],
+            unit="1",
+            description="The replicas' shared breaker verdict: 1 open, 0 closed.",
+        )
+        meter.create_observable_gauge(
+            "seawall.shared.replicas",
+            callbacks=[_observe_replicas],
+            unit="{replica}",
+            description="Replicas of a shared dependency: live, tripped, holding evidence.",
+        )
+        meter.create_observable_gauge(
+            "seawall.shared.bulkhead.slots",
+            callbacks=[_observe_slots],
+            unit="{slot}",
+            description="Global bulkhead slots: held by this replica, by all, and the cap.",
+        )
 
 
 _instruments: _Instruments | None = None
@@ -116,6 +141,53 @@ def _observe_state(options: CallbackOptions) -> Iterable[Observation]:
                 0 if state.connected else 1,
                 {"seawall.replica": state.replica, "seawall.namespace": state.namespace},
             )
+
+
+def _shared_runtimes() -> Iterable[tuple[SharedState, Runtime]]:
+    for state in list(_states):
+        if state.status == "stopped":
+            continue
+        for rt in state.runtimes():
+            yield state, rt
+
+
+def _observe_verdicts(options: CallbackOptions) -> Iterable[Observation]:
+    from ._breaker import AdvisoryBreaker
+
+    for _state, rt in _shared_runtimes():
+        breakers = [rt.breaker] if rt.breaker is not None else rt.endpoint_breakers.values()
+        for breaker in breakers:
+            if isinstance(breaker, AdvisoryBreaker):
+                attrs = {"seawall.dependency": rt.name}
+                if breaker.endpoint is not None:
+                    attrs["seawall.endpoint"] = mask_url(breaker.endpoint)
+                yield Observation(1 if breaker.shared_snapshot()["verdict"] == "open" else 0, attrs)
+
+
+def _observe_replicas(options: CallbackOptions) -> Iterable[Observation]:
+    for state, rt in _shared_runtimes():
+        view = state.view(rt.name)
+        for role, n in (
+            ("live", view.live),
+            ("tripped", view.tripped),
+            ("evidence", view.evidence),
+        ):
+            yield Observation(n, {"seawall.dependency": rt.name, "seawall.shared.role": role})
+
+
+def _observe_slots(options: CallbackOptions) -> Iterable[Observation]:
+    from ._bulkhead import SharedBulkhead
+
+    for state, rt in _shared_runtimes():
+        bulkhead = rt.bulkhead
+        if not isinstance(bulkhead, SharedBulkhead):
+            continue
+        for scope, n in (
+            ("replica", bulkhead.held),
+            ("cluster", state.view(rt.name).slots),
+            ("limit", bulkhead.global_config.max_concurrent),
+        ):
+            yield Observation(n, {"seawall.dependency": rt.name, "seawall.shared.scope": scope})
 
 
 def wait_event(feature: str, dependency: str, outcome: str, waited: float) -> None:
