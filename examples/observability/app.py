@@ -149,42 +149,26 @@ class SnapshotCollector:
 
     seawall's OpenTelemetry instruments cover the shared state's health
     (``seawall.shared.state``, ``seawall.shared.sync.duration``, errors, round
-    trips, local decisions) but not what the replicas agreed on; those are in
-    ``registry.snapshot()``, which this collector turns into
-    ``seawall_snapshot_*`` gauges labelled ``seawall_dependency``. A registry
-    without shared state yields none.
+    trips, local decisions) and what the replicas agreed on (the verdict, the
+    live and tripped replicas, the global bulkhead's slots: see
+    docs/shared-state.md). The rest of ``registry.snapshot()`` (whether this
+    replica follows the verdict, the rate limit's settings and pocket) this
+    collector turns into ``seawall_snapshot_*`` gauges labelled
+    ``seawall_dependency``. A registry without shared state yields none.
     """
 
     #: (gauge name, help, path in a dependency's ``"shared"`` entry).
     GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-        ("shared_verdict", "The replicas' breaker verdict: 1 open, 0 closed.", ("verdict",)),
-        ("shared_live_replicas", "Replicas alive in the last sync.", ("live_replicas",)),
-        (
-            "shared_tripped_replicas",
-            "Replicas tripped (open or over threshold).",
-            ("tripped_replicas",),
-        ),
         (
             "shared_following",
             "1 while this replica's breaker is open because it followed the verdict.",
             ("cause",),
         ),
         (
-            "shared_bulkhead_held",
-            "Slots of the global cap this replica holds.",
-            ("bulkhead", "held"),
-        ),
-        (
             "shared_bulkhead_in_use",
             "This replica's calls in flight under the global cap.",
             ("bulkhead", "in_use"),
         ),
-        (
-            "shared_bulkhead_cluster_slots",
-            "Slots held by every replica, as of the last sync.",
-            ("bulkhead", "cluster_slots"),
-        ),
-        ("shared_bulkhead_max_concurrent", "The global cap.", ("bulkhead", "max_concurrent")),
         (
             "shared_rate_limit_rate",
             "The fleet's rate limit, in calls a second.",

@@ -354,13 +354,16 @@ class Replica:
         return self.registry.snapshot()["dependencies"][dependency]["shared"]  # type: ignore[no-any-return]
 
     async def scrape(self) -> dict[tuple[str, str | None], float]:
-        """``/metrics`` as {(sample name, seawall_dependency): value}."""
+        """``/metrics`` as {(sample name, seawall_dependency): value}; a shared gauge's
+        role or scope label joins the name (``seawall_shared_replicas:live``)."""
         text = (await self.http.get("/metrics")).text
-        return {
-            (s.name, s.labels.get("seawall_dependency")): s.value
-            for f in text_string_to_metric_families(text)
-            for s in f.samples
-        }
+        found: dict[tuple[str, str | None], float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                kind = s.labels.get("seawall_shared_role") or s.labels.get("seawall_shared_scope")
+                name = f"{s.name}:{kind}" if kind else s.name
+                found[(name, s.labels.get("seawall_dependency"))] = s.value
+        return found
 
 
 async def until(predicate: Any, within: float = 5.0) -> float:
@@ -442,10 +445,10 @@ async def test_a_replica_that_made_no_call_follows_the_other_ones_open_breaker(
     assert upstream.count("/price") == sent
     # What the dashboard's shared breaker panel reads.
     seen = await b.scrape()
-    assert seen[("seawall_snapshot_shared_verdict", "pricing")] == 1
+    assert seen[("seawall_shared_verdict", "pricing")] == 1
     assert seen[("seawall_snapshot_shared_following", "pricing")] == 1
-    assert seen[("seawall_snapshot_shared_live_replicas", "pricing")] == 2
-    assert seen[("seawall_snapshot_shared_tripped_replicas", "pricing")] == 1
+    assert seen[("seawall_shared_replicas:live", "pricing")] == 2
+    assert seen[("seawall_shared_replicas:tripped", "pricing")] == 1
     assert (await a.scrape())[("seawall_snapshot_shared_following", "pricing")] == 0
 
 
@@ -523,6 +526,9 @@ async def test_the_shared_panels_name_what_a_replica_emits(
         "seawall_shared_errors_total",
         "seawall_shared_round_trips_total",
         "seawall_shared_local_decisions_total",
+        "seawall_shared_verdict",
+        "seawall_shared_replicas",
+        "seawall_shared_bulkhead_slots",
     } | {
         f"seawall_snapshot_{name}"
         for name, _, _ in example_app_module.SnapshotCollector.GAUGES

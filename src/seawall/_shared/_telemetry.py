@@ -98,7 +98,6 @@ class _Instruments:
         meter.create_observable_gauge(
             "seawall.shared.verdict",
             callbacks=[_observe_verdicts],
-            unit="1",
             description="The replicas' shared breaker verdict: 1 open, 0 closed.",
         )
         meter.create_observable_gauge(
