@@ -250,11 +250,9 @@ async def test_the_global_cap_holds_across_processes_and_a_killed_replica_frees_
             state = (await client.get(f"{app.url}/state")).json()["state"]
             local += state["local_decisions"].get("bulkhead", 0)
         print(f"peak {peak}, local decisions {local}, outcomes {sorted(set(outcomes))}")
-        # The cap holds whatever the load. Whether 100 calls got near it depends on
-        # how fast two app processes run on a shared machine: the kill scenario
-        # below proves something only when they did.
+        # The cap holds whatever the load (how near 100 calls got to it depends
+        # on how fast two app processes run on a shared machine).
         assert peak <= 20 + local
-        pushed = peak >= 18
         assert outcomes.count("status-200") == upstream.count("/slow")
         assert set(outcomes) <= {"status-200", "bulkhead_full"}
 
@@ -267,7 +265,9 @@ async def test_the_global_cap_holds_across_processes_and_a_killed_replica_frees_
         for task in held:
             task.cancel()
         await asyncio.gather(*held, return_exceptions=True)
-        # b keeps 25 calls going; it can only reach 20 once a's lease is swept.
+        # b keeps 25 calls going: it holds the whole cap only once a's lease (and
+        # its 15 slots) is swept. b's own count of the slots it holds says so,
+        # however slowly its calls run on a loaded machine.
         upstream.clear()
         deadline = killed + 3 * (1.5 * LEASE + 1)
         reached = None
@@ -276,13 +276,14 @@ async def test_the_global_cap_holds_across_processes_and_a_killed_replica_frees_
             while len(pending) < 25:
                 pending.add(asyncio.ensure_future(call(client, b, "/slow")))
             _, pending = await asyncio.wait(pending, timeout=0.05)
-            if peak_concurrency(upstream, "/slow", 1.0) >= 20:
+            shared = (await snapshot(client, b))["shared"]
+            if shared["bulkhead"]["held"] >= 20:
                 reached = time.monotonic() - killed
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        print(f"b reached 20 in flight {reached} s after a was killed (lease {LEASE} s)")
-        assert reached is not None or not pushed
+        print(f"b held all 20 slots {reached} s after a was killed (lease {LEASE} s)")
+        assert reached is not None, "a's slots never came back to the cluster"
         state = (await client.get(f"{b.url}/state")).json()["state"]
         local = state["local_decisions"].get("bulkhead", 0)
         assert peak_concurrency(upstream, "/slow", 1.0) <= 20 + local
