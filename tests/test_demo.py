@@ -293,6 +293,38 @@ def test_ctrl_c_stops_everything_cleanly() -> None:
         ), f"child {child} left behind"
 
 
+def test_ctrl_c_while_the_children_start_leaves_none_behind() -> None:
+    """Interrupted before every child answered READY: the one starting is stopped too."""
+    proc = subprocess.Popen(
+        [*DEMO, "--duration", "30", "--pay-clients", "10", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while not seen and proc.poll() is None and time.monotonic() < deadline:
+            seen.update(_children_of(proc.pid))
+            time.sleep(0.005)
+        assert seen, "no child started"
+        assert _sockets_of(proc.pid) == 0, "the run began: this is the other test's case"
+        proc.send_signal(signal.SIGINT)
+        seen.update(_children_of(proc.pid))
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    for child in seen:
+        assert (
+            not Path(f"/proc/{child}").exists()
+            or "Z" in (Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0])
+        ), f"child {child} left behind"
+
+
 def test_a_busy_port_is_reported_clearly() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind(("127.0.0.1", 0))

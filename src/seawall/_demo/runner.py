@@ -176,7 +176,13 @@ class _Child:
             text=True,
             env=env,
         )
-        line = self.proc.stdout.readline().strip() if self.proc.stdout else ""
+        try:
+            line = self.proc.stdout.readline().strip() if self.proc.stdout else ""
+        except BaseException:
+            # Ctrl-C (or any error) while it starts: nobody else holds this
+            # child yet, so it is stopped here rather than left running.
+            self.stop()
+            raise
         if not line.startswith("READY "):
             self.proc.wait(timeout=10)
             self.errors.seek(0)
