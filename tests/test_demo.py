@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
@@ -261,6 +262,17 @@ def test_the_providers_ledger_command_lists_every_charge() -> None:
     }
 
 
+def _stopped_cleanly(proc: subprocess.Popen[str], stderr: str, children: Iterable[int]) -> None:
+    """Interrupted: exit status 130, no traceback, and no child left running."""
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    for child in children:
+        assert (
+            not Path(f"/proc/{child}").exists()
+            or "Z" in (Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0])
+        ), f"child {child} left behind"
+
+
 def test_ctrl_c_stops_everything_cleanly() -> None:
     proc = subprocess.Popen(
         [*DEMO, "--duration", "30", "--pay-clients", "10", "--json"],
@@ -284,13 +296,7 @@ def test_ctrl_c_stops_everything_cleanly() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 130
-    assert "Traceback" not in stderr
-    for child in children:
-        assert (
-            not Path(f"/proc/{child}").exists()
-            or "Z" in (Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0])
-        ), f"child {child} left behind"
+    _stopped_cleanly(proc, stderr, children)
 
 
 def test_ctrl_c_while_the_children_start_leaves_none_behind() -> None:
@@ -316,13 +322,7 @@ def test_ctrl_c_while_the_children_start_leaves_none_behind() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 130
-    assert "Traceback" not in stderr
-    for child in seen:
-        assert (
-            not Path(f"/proc/{child}").exists()
-            or "Z" in (Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0])
-        ), f"child {child} left behind"
+    _stopped_cleanly(proc, stderr, seen)
 
 
 def test_a_busy_port_is_reported_clearly() -> None:
