@@ -93,8 +93,9 @@ _DROP = frozenset(
 )
 
 
-def _key(request: httpx.Request) -> tuple[bytes, bool] | None:
-    """The request's key, and whether it carried a header that may say who asks.
+def _key_message(request: httpx.Request) -> tuple[bytes, bool] | None:
+    """What a request's key is a digest of, and whether it carried a header that
+    may say who asks (the local key and the shared tier's both digest it).
 
     None for a request that must never meet the cache: it asks for a range,
     or its body was streamed and cannot be hashed.
@@ -116,26 +117,34 @@ def _key(request: httpx.Request) -> tuple[bytes, bool] | None:
     keyed.sort()
     url = request.url
     scheme, host, port, target = url.raw_scheme, url.raw_host, url.port, url.raw_path
-    # Every part length-prefixed, so no two requests share a message; one
-    # one-shot HMAC over it (hmac.digest runs in C: a fraction of hmac.new).
+    # Every part length-prefixed, so no two requests share a message.
     parts = [request.method.encode("ascii"), scheme, host, b"%d" % (port or 0), target, body]
     parts += keyed
-    message = b"".join(b"%d:%s" % (len(part), part) for part in parts)
-    return hmac.digest(_SECRET, message, "sha256"), personal
+    return b"".join(b"%d:%s" % (len(part), part) for part in parts), personal
+
+
+def _key(request: httpx.Request) -> tuple[bytes, bool] | None:
+    """The request's key, and whether it may say who asks (None: never cached)."""
+    found = _key_message(request)
+    if found is None:
+        return None
+    # One one-shot HMAC (hmac.digest runs in C: a fraction of hmac.new).
+    return hmac.digest(_SECRET, found[0], "sha256"), found[1]
 
 
 #: The digest of an empty Vary (most responses): no HMAC to compute.
 _NO_VARY = b""
 
 
-def _vary_digest(request: httpx.Request, names: tuple[str, ...]) -> bytes:
+def _vary_digest(request: httpx.Request, names: tuple[str, ...], secret: bytes = _SECRET) -> bytes:
+    """A digest of *request*'s values of the *names* a response varies on."""
     if not names:
         return _NO_VARY
     values = []
     for name in names:
         value = request.headers.get(name)
         values.append(b"-" if value is None else b"+%d:%s" % (len(value), value.encode()))
-    return hmac.digest(_SECRET, b"".join(values), "sha256")
+    return hmac.digest(secret, b"".join(values), "sha256")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,12 +182,20 @@ class ResponseCache:
         self, request: httpx.Request, status: int, headers: httpx.Headers, body: bytes
     ) -> None:
         """Keep a successful response (the caller checked method and status)."""
-        if len(body) > self.max_bytes or status == 206:
+        self._store(request, _key_message(request), status, headers, body)
+
+    def _store(
+        self,
+        request: httpx.Request,
+        found: tuple[bytes, bool] | None,
+        status: int,
+        headers: httpx.Headers,
+        body: bytes,
+    ) -> None:
+        """:meth:`store`, given *request*'s :func:`_key_message` (a shared tier needs it too)."""
+        if found is None or len(body) > self.max_bytes or status == 206:
             return
-        found = _key(request)
-        if found is None:
-            return
-        key, personal = found
+        key, personal = hmac.digest(_SECRET, found[0], "sha256"), found[1]
         # One pass over the raw headers for what we need of them.
         kept = []
         cache_control = vary_header = b""

@@ -26,7 +26,6 @@ later than that still fills the local tier, for the next failure.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import json
 import struct
@@ -35,9 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from .._cache import _DROP, NEUTRAL_HEADERS, ResponseCache, _Entry, _key, _vary_digest
+from .._cache import _DROP, ResponseCache, _Entry, _key, _key_message, _vary_digest
 from .._clock import Clock
-from .._deadline import forward_header
 from ._state import Unavailable
 
 if TYPE_CHECKING:
@@ -51,7 +49,6 @@ MAX_BODY = 256 * 1024
 MAX_PENDING = 64
 MAX_READS = 4
 _MAGIC = b"SW1"
-_IMPERSONAL = frozenset({b"host", b"content-type"})
 
 
 class SharedResponseCache(ResponseCache):
@@ -100,29 +97,18 @@ class SharedResponseCache(ResponseCache):
 
     def shared_key(self, request: httpx.Request) -> str | None:
         """The Redis key of *request*'s entry, or None if it must not be shared."""
-        try:
-            body = request.content
-        except httpx.RequestNotRead:
+        return self._shared_key(_key_message(request))
+
+    def _shared_key(self, found: tuple[bytes, bool] | None) -> str | None:
+        """The Redis key for a request's :func:`_key_message` (the local key's, under
+        the shared secret), or None if it must not be shared."""
+        if found is None:
             return None
-        deadline_header = forward_header.get().lower().encode("latin-1")
-        keyed = []
-        personal = False
-        for name, value in request.headers.raw:
-            lower = name.lower()
-            if lower == b"range":
-                return None
-            if lower not in NEUTRAL_HEADERS and lower != deadline_header:
-                keyed.append(b"%d:%s:%d:%s" % (len(lower), lower, len(value), value))
-                personal = personal or lower not in _IMPERSONAL
+        message, personal = found
         if personal and self._secret is None:
             return None  # someone's own answer: shared only under a cache_secret
-        keyed.sort()
-        digest = hmac.new(self._key_secret(), digestmod=hashlib.sha256)
-        for part in (request.method.encode("ascii"), str(request.url).encode(), body, *keyed):
-            digest.update(b"%d:" % len(part))
-            digest.update(part)
-        backend = self._backend
-        return f"seawall:{backend.namespace}:c:{self._dependency}:{digest.hexdigest()}"
+        digest = hmac.digest(self._key_secret(), message, "sha256").hex()
+        return f"seawall:{self._backend.namespace}:c:{self._dependency}:{digest}"
 
     def _key_secret(self) -> bytes:
         if self._secret is not None:
@@ -130,23 +116,25 @@ class SharedResponseCache(ResponseCache):
         return b"seawall-shared-cache:" + self._backend.namespace.encode()
 
     def _shared_vary(self, request: httpx.Request, names: tuple[str, ...]) -> str:
-        digest = hmac.new(self._key_secret(), digestmod=hashlib.sha256)
-        for name in names:
-            value = request.headers.get(name)
-            digest.update(b"-" if value is None else b"+%d:%s" % (len(value), value.encode()))
-        return digest.hexdigest()
+        return _vary_digest(request, names, self._key_secret()).hex()
 
     # -- writing -----------------------------------------------------------------------
 
     def store(
         self, request: httpx.Request, status: int, headers: httpx.Headers, body: bytes
     ) -> None:
-        super().store(request, status, headers, body)
+        found = _key_message(request)  # once, for both tiers' keys
+        self._store(request, found, status, headers, body)
         if self._backend.connected:
-            self._share(request, status, headers, body)
+            self._share(request, found, status, headers, body)
 
     def _share(
-        self, request: httpx.Request, status: int, headers: httpx.Headers, body: bytes
+        self,
+        request: httpx.Request,
+        found: tuple[bytes, bool] | None,
+        status: int,
+        headers: httpx.Headers,
+        body: bytes,
     ) -> None:
         if len(body) > MAX_BODY or status == 206:
             return
@@ -167,7 +155,7 @@ class SharedResponseCache(ResponseCache):
         vary_names = {n.strip() for n in vary_header.decode("latin-1").split(",") if n.strip()}
         if "*" in vary_names:
             return
-        key = self.shared_key(request)
+        key = self._shared_key(found)
         if key is None:
             return
         now = self._clock.now()
