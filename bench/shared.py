@@ -30,9 +30,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,6 +39,7 @@ import redis
 from _common import Case, contention, machine_summary, measure, print_table, quantile, versions
 
 import seawall
+from seawall._demo.replicas import EmbeddedRedis
 from seawall._shared._lua import SUMMARY, SYNC
 from seawall.redis import RedisState
 
@@ -56,43 +54,13 @@ RATE = seawall.RateLimit(rate=1_000_000, burst=1_000_000)
 # -- a redis-server of our own -------------------------------------------------------------
 
 
-class Server:
+class Server(EmbeddedRedis):
+    """The demo's embedded redis-server, with a client to count its commands."""
+
     def __init__(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.dir = tempfile.mkdtemp(prefix="seawall-bench-redis-")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        super().__init__(shutil.which("redis-server") or "/usr/bin/redis-server")
+        self.start(timeout=15)
         self.client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if self.client.ping():
-                    break
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def commands(self) -> dict[str, tuple[int, int]]:
         """(calls, usec) per command so far."""
@@ -100,16 +68,16 @@ class Server:
         return {k.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for k, v in stats.items()}
 
     def pause(self) -> None:
+        assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
+        assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         self.client.close()
-        self.proc.terminate()
-        self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().stop()
 
 
 def delta(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, int]:
